@@ -1,0 +1,42 @@
+# The two commands: `make serve` and `make test`. Everything runs from the virtual environment in .venv/,
+# rebuilt only when pyproject.toml changes.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+FER2013 := ../shared/data/fer2013
+MODEL_DIR ?= models/default
+# The default model: FER2013 where it is at hand, else the embedded synthetic faces; < 10 min on 2 CPU cores.
+MODEL_DATA ?= $(if $(wildcard $(FER2013)/train),$(FER2013),synthetic)
+MODEL_EPOCHS ?= $(if $(wildcard $(FER2013)/train),3,6)
+
+.PHONY: install test model serve bench-serve docker clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	touch $@
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+model: $(MODEL_DIR)/manifest.json
+
+$(MODEL_DIR)/manifest.json: | $(INSTALLED)
+	$(BIN)/python -m training train --data $(MODEL_DATA) --out $(MODEL_DIR) --epochs $(MODEL_EPOCHS)
+
+serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m service --model $(MODEL_DIR)
+
+bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m bench.serve --model $(MODEL_DIR)
+
+docker:
+	docker build -f docker/Dockerfile.cpu -t fer-explain:cpu .
+	docker build -f docker/Dockerfile.gpu -t fer-explain:gpu .
+
+clean:
+	rm -rf $(VENV) models runs

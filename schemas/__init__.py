@@ -1,0 +1,56 @@
+"""The contract shared by the training artifacts, the service and its clients."""
+
+from schemas.api import (
+    ArchitectureRow,
+    ClassProbability,
+    ErrorResponse,
+    FilterImage,
+    FiltersResponse,
+    ImagesRequest,
+    LayerInfo,
+    LayersResponse,
+    ModelInfo,
+    ModelReport,
+    Prediction,
+    PredictResponse,
+    SaliencyMap,
+    SaliencyResponse,
+)
+from schemas.labels import CLASSES, NUM_CLASSES
+from schemas.manifest import (
+    ArtifactInfo,
+    ClassMetrics,
+    ConfusedPair,
+    EvaluationMetrics,
+    InputSpec,
+    Manifest,
+    Preprocessing,
+    TrainingConfig,
+)
+
+__all__ = [
+    "ArchitectureRow",
+    "ClassProbability",
+    "ConfusedPair",
+    "CLASSES",
+    "NUM_CLASSES",
+    "ArtifactInfo",
+    "ClassMetrics",
+    "ErrorResponse",
+    "EvaluationMetrics",
+    "FilterImage",
+    "FiltersResponse",
+    "ImagesRequest",
+    "InputSpec",
+    "LayerInfo",
+    "LayersResponse",
+    "Manifest",
+    "ModelInfo",
+    "ModelReport",
+    "Prediction",
+    "PredictResponse",
+    "Preprocessing",
+    "SaliencyMap",
+    "SaliencyResponse",
+    "TrainingConfig",
+]

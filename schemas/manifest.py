@@ -1,0 +1,93 @@
+"""`manifest.json`: what a training run exported, enough for the service to load and verify it."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.labels import CLASSES
+
+MANIFEST_FILE = "manifest.json"
+
+
+class InputSpec(BaseModel):
+    """What the exported models take: grayscale uint8 images, batch first."""
+
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NCHW"] = "NCHW"
+    channels: Literal[1] = 1
+    height: int = Field(description="Resolution of the training images; the service resizes inputs to it.")
+    width: int
+    value_range: tuple[int, int] = (0, 255)
+
+
+class Preprocessing(BaseModel):
+    """Done inside the exported models, listed here so that readers know what happens."""
+
+    resize_to: int = Field(description="Side of the square image the network sees.")
+    resize_mode: Literal["bilinear"] = "bilinear"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = Field(description="Per channel, after replication (ImageNet statistics).")
+    std: tuple[float, float, float]
+    replicate_channels: int = 3
+
+
+class TrainingConfig(BaseModel):
+    data: str
+    epochs: int
+    image_size: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    weights: str
+    seed: int
+    device: str
+    world_size: int = 1
+    amp: bool = False
+
+
+class ClassMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ConfusedPair(BaseModel):
+    true: str
+    predicted: str
+    count: int
+    rate: float = Field(description="Share of the true class predicted as the other.")
+
+
+class EvaluationMetrics(BaseModel):
+    split: str
+    samples: int
+    accuracy: float
+    macro_f1: float
+    loss: float | None = None
+    tta: bool = False
+    per_class: dict[str, ClassMetrics]
+    most_confused: list[ConfusedPair]
+
+
+class ArtifactInfo(BaseModel):
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    format_version: Literal[1] = 1
+    name: str = "fer-resnet18"
+    version: str = Field(description="Short content hash of model.pt: changes whenever the weights do.")
+    created: str
+    architecture: str = "torchvision resnet18, fc = Sequential(Dropout(0.5), Linear(512, 7))"
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    input: InputSpec
+    preprocessing: Preprocessing
+    outputs: str = "probabilities, shape N x 7, in the order of `classes`"
+    training: TrainingConfig
+    validation: EvaluationMetrics | None = None
+    artifacts: dict[str, ArtifactInfo] = Field(description="torchscript, onnx, and the report files, by role.")
+    libraries: dict[str, str]

@@ -1,0 +1,1 @@
+"""The inference and explanation service. `create_app` lives in `service.app`."""

@@ -1,0 +1,46 @@
+"""Reading a model directory made by `python -m training`: the manifest and the files it vouches for."""
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from schemas.manifest import MANIFEST_FILE, Manifest
+
+
+class ModelDirError(RuntimeError):
+    """The model directory is missing, incomplete or does not match its manifest."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(model_dir: Path) -> Manifest:
+    """The manifest, after checking that every artifact it lists is present with the recorded sha256."""
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{path} not found: point the model directory at the output of "
+                            "`python -m training train` or `export` (make model builds models/default)")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as error:
+        raise ModelDirError(f"{path} is not a valid manifest: {error}") from None
+    for role, artifact in manifest.artifacts.items():
+        file = path.parent / artifact.path
+        if not file.is_file():
+            raise ModelDirError(f"{file} ({role}) is listed in {path} but missing")
+        if file_sha256(file) != artifact.sha256:
+            raise ModelDirError(f"{file} ({role}) is corrupt: its sha256 differs from the one in {path}")
+    return manifest
+
+
+def read_json(model_dir: Path, manifest: Manifest, role: str, default):
+    """A report file (history, confusion matrix, architecture) when the run exported it."""
+    artifact = manifest.artifacts.get(role)
+    return json.loads((Path(model_dir) / artifact.path).read_text()) if artifact else default

@@ -1,0 +1,76 @@
+"""`python -m training train|export|evaluate`: one parser, three commands."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.data import DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the report's ResNet18, evaluate it and export it")
+    train.add_argument("--data", default="synthetic",
+                       help="synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--image-size", type=int, default=48, help="side of the image the network sees")
+    train.add_argument("--input-size", type=int, default=48, help="side the data is stored at (FER2013: 48)")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--weights", default="none",
+                       help="none (from scratch), imagenet (torch hub cache) or a ResNet18 state dict path")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.1,
+                       help="held out of train when the data has no val split")
+    train.add_argument("--tta", action="store_true", help="evaluate with horizontal-flip test-time augmentation")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+
+    export = commands.add_parser("export", help="export a checkpoint to verified TorchScript and ONNX")
+    export.add_argument("--checkpoint", required=True, type=Path)
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--data", help="where the parity check takes real images (default: the training data)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate an exported model directory, print JSON")
+    evaluate.add_argument("--model", required=True, type=Path)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default="val", choices=["train", "val", "test"])
+    evaluate.add_argument("--backend", default="torchscript", choices=["torchscript", "onnx"])
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluate.add_argument("--tta", action="store_true")
+    evaluate.add_argument("--plots", type=Path, help="write the confusion-matrix plot and metrics here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from training.train import train
+
+            train(args)
+        elif args.command == "export":
+            from training.export import export_checkpoint
+
+            manifest = export_checkpoint(args.checkpoint, args.out, args.data)
+            print(f"exported model {manifest.version} to {args.out}")
+        else:
+            from training.evaluate import evaluate_model_dir
+
+            result = evaluate_model_dir(args.model, args.data, args.split, args.backend, args.tta, args.device,
+                                        plots=args.plots)
+            print(json.dumps(result, indent=2))
+    except (DataError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
