@@ -41,22 +41,34 @@ def _draw_mouth(draw: ImageDraw.ImageDraw, expression: str, cx: float, cy: float
         draw.line([cx - w * 0.8, cy, cx + w * 0.8, cy], fill=ink, width=int(1.6 * s))
 
 
-def render_face(expression: str, rng: np.random.Generator) -> np.ndarray:
-    """One face as a uint8 48x48 array."""
+def render_face(expression: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One face as a uint8 48x48 array, and the boolean mask of its eyes, eyebrows and mouth."""
     k = _SUPERSAMPLE
     background = int(rng.integers(20, 236))
     skin = int(np.clip(background + rng.choice([-1, 1]) * rng.integers(40, 110), 30, 225))
     ink = int(np.clip(skin - rng.integers(70, 140), 0, 255)) if skin > 110 else int(skin + rng.integers(70, 120))
     image = Image.new("L", (SIZE * k, SIZE * k), background)
+    features = Image.new("L", image.size, 0)
     draw = ImageDraw.Draw(image)
 
     s = rng.uniform(0.85, 1.15) * k
     cx = (SIZE / 2 + rng.uniform(-4, 4)) * k
     cy = (SIZE / 2 + rng.uniform(-3, 3)) * k
     draw.ellipse([cx - 17 * s, cy - 21 * s, cx + 17 * s, cy + 21 * s], fill=skin)
-
-    eye_y = cy - 5 * s
     eye_open = _EYE_OPEN[expression] * rng.uniform(0.85, 1.15)
+    for canvas, colour in ((draw, ink), (ImageDraw.Draw(features), 255)):
+        _draw_features(canvas, expression, cx, cy, s, eye_open, colour)
+
+    face = np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR, reducing_gap=None), dtype=np.float32)
+    contrast = rng.uniform(0.7, 1.2)
+    face = (face - face.mean()) * contrast + face.mean() + rng.normal(0, rng.uniform(3, 12), face.shape)
+    mask = np.asarray(features.resize((SIZE, SIZE), Image.BILINEAR, reducing_gap=None)) > 0
+    return np.clip(face, 0, 255).astype(np.uint8), mask
+
+
+def _draw_features(draw: ImageDraw.ImageDraw, expression: str, cx: float, cy: float, s: float, eye_open: float,
+                   ink: int) -> None:
+    eye_y = cy - 5 * s
     inner_dy, outer_dy = _BROWS[expression]
     for side in (-1, 1):
         ex = cx + side * 7 * s
@@ -66,16 +78,11 @@ def render_face(expression: str, rng: np.random.Generator) -> np.ndarray:
                   fill=ink, width=int(1.8 * s))
     _draw_mouth(draw, expression, cx, cy + 10 * s, s, ink)
 
-    face = np.asarray(image.resize((SIZE, SIZE), Image.BILINEAR, reducing_gap=None), dtype=np.float32)
-    contrast = rng.uniform(0.7, 1.2)
-    face = (face - face.mean()) * contrast + face.mean() + rng.normal(0, rng.uniform(3, 12), face.shape)
-    return np.clip(face, 0, 255).astype(np.uint8)
-
 
 def generate(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` faces with balanced labels in canonical order, as (uint8 N x 48 x 48, int64 N)."""
     rng = np.random.default_rng(seed)
     labels = np.arange(count, dtype=np.int64) % len(CLASSES)
     rng.shuffle(labels)
-    images = np.stack([render_face(CLASSES[label], rng) for label in labels]) if count else np.empty((0, SIZE, SIZE))
+    images = np.stack([render_face(CLASSES[label], rng)[0] for label in labels]) if count else np.empty((0, SIZE, SIZE))
     return images.astype(np.uint8), labels

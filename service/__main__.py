@@ -1,0 +1,33 @@
+"""`python -m service --model DIR [--host --port]`: serve a model directory with uvicorn."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from service.app import create_app
+from service.artifacts import ModelDirError, load_manifest
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--model", type=Path, help="model directory (default: FER_MODEL_DIR or models/default)")
+    parser.add_argument("--host", help="default: FER_HOST or 0.0.0.0")
+    parser.add_argument("--port", type=int, help="default: FER_PORT or 8000")
+    args = parser.parse_args(argv)
+    overrides = {"model_dir": args.model, "host": args.host, "port": args.port}
+    settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    try:
+        load_manifest(settings.model_dir)  # refuse to start on a missing or corrupt model, with the reason
+    except ModelDirError as error:
+        print(f"error: cannot serve {settings.model_dir}: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

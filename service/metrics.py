@@ -1,0 +1,66 @@
+"""Prometheus metrics, in a registry of the app's own (so that several apps can live in one process)."""
+
+import time
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fer_requests", "HTTP requests by endpoint and status", ["method", "endpoint", "status"], registry=r)
+        self.latency = Histogram("fer_request_duration_seconds", "HTTP request latency", ["method", "endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("fer_images", "Images processed", ["endpoint"], registry=r)
+        self.batch_size = Histogram("fer_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("fer_queue_depth", "Images waiting for inference", registry=r)
+        self.queue_wait = Histogram("fer_queue_wait_seconds", "Time from queueing to the start of the forward pass",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_time = Histogram("fer_inference_seconds", "Forward pass time of one batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.explanation_time = Histogram("fer_explanation_seconds", "Time to compute an explanation", ["kind"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.cache_hits = Counter("fer_filter_cache_hits", "Filter visualisations served from the cache", registry=r)
+        self.cache_misses = Counter("fer_filter_cache_misses", "Filter visualisations computed", registry=r)
+        self.model_info = Info("fer_model", "The model being served", registry=r)
+        self.gpu_memory = Gauge("fer_gpu_memory_bytes", "CUDA memory held by the service", ["kind"], registry=r)
+
+    def watch_gpu_memory(self, device: torch.device) -> None:
+        """Read at scrape time, so the figures are current."""
+        self.gpu_memory.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device))
+        self.gpu_memory.labels("reserved").set_function(lambda: torch.cuda.memory_reserved(device))
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (not the raw path, to bound label values)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], endpoint, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)

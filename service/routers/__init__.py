@@ -1,0 +1,1 @@
+"""HTTP routes by resource; they translate requests and responses and nothing more."""

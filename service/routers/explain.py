@@ -1,0 +1,112 @@
+import re
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse, SaliencyMap, SaliencyResponse
+from schemas.labels import CLASSES
+from service.deps import Uploaded, get_images, get_model, get_settings
+from service.imaging import grid, heatmap, overlay, png_bytes
+from service.model import FerModel, FilterRequest
+from service.routers.predict import ERRORS, IMAGES_BODY
+from service.settings import Settings
+
+router = APIRouter(tags=["explain"])
+PNG = {200: {"content": {"image/png": {}}, "description": "PNG image, or JSON with format=json"}}
+
+
+@router.post("/saliency", response_model=SaliencyResponse, openapi_extra=IMAGES_BODY, responses={**ERRORS, **PNG})
+async def saliency(method: Literal["vanilla", "smoothgrad", "gradcam"] = "vanilla",
+                   target: str | None = Query(None, description="Class name or index; default: the predicted class"),
+                   format: Literal["png", "overlay", "json"] = "png",
+                   scale: int = Query(4, ge=1, le=16, description="Enlargement of PNG tiles"),
+                   uploaded: Uploaded = Depends(get_images), model: FerModel = Depends(get_model)):
+    """Where the model looks: one map per image, computed as one batch. PNG tiles run left to right."""
+    target_index = _parse_target(target)
+    started = time.perf_counter()
+    maps, targets, probabilities = await run_in_threadpool(model.saliency, uploaded.images, method, target_index)
+    model.metrics.images.labels("/saliency").inc(len(maps))
+    predicted = probabilities.argmax(1).tolist()
+    timing = {"decode": round(uploaded.decode_ms, 3), "explain": round((time.perf_counter() - started) * 1000, 3)}
+    if format == "json":
+        return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, maps=[
+            SaliencyMap(filename=name, target=CLASSES[t], target_index=t, predicted=CLASSES[p],
+                        confidence=float(probabilities[i, p]), height=m.shape[0], width=m.shape[1],
+                        saliency=m.round(decimals=4).tolist())
+            for i, (name, m, t, p) in enumerate(zip(uploaded.filenames, maps.numpy(), targets.tolist(), predicted))])
+    tiles = [heatmap(m) if format == "png" else overlay(image[0], m)
+             for image, m in zip(uploaded.images, maps.numpy())]
+    return Response(png_bytes(grid(tiles, columns=len(tiles), scale=scale)), media_type="image/png", headers={
+        "X-Targets": ",".join(CLASSES[t] for t in targets.tolist()),
+        "X-Predicted": ",".join(CLASSES[p] for p in predicted)})
+
+
+def _parse_target(target: str | None) -> int | None:
+    if target is None:
+        return None
+    name = target.strip().lower()
+    if name in CLASSES:
+        return CLASSES.index(name)
+    if name.isdigit() and int(name) < len(CLASSES):
+        return int(name)
+    raise HTTPException(422, f"unknown target {target!r}: expected a class name ({', '.join(CLASSES)}) "
+                             f"or an index 0-{len(CLASSES) - 1}")
+
+
+@router.get("/filters", response_model=LayersResponse)
+async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
+    """The convolution layers whose filters can be shown, by the network's own module names."""
+    return LayersResponse(layers=[
+        LayerInfo(name=name, filters=conv.weight.shape[0], kernel_size=list(conv.weight.shape[2:]),
+                  stride=list(conv.stride)) for name, conv in model.explainer.layers.items()])
+
+
+@router.get("/filters/{layer}", response_model=FiltersResponse, responses={**ERRORS, **PNG})
+async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
+                  filters: str = Query("0-15", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
+                  mode: Literal["activation", "weights"] = "activation",
+                  steps: int = Query(64, ge=1, description="Gradient-ascent steps"),
+                  size: int = Query(48, ge=16, le=128, description="Side of the generated images"),
+                  format: Literal["png", "json"] = "png",
+                  scale: int = Query(2, ge=1, le=16, description="Enlargement of PNG tiles"),
+                  columns: int = Query(8, ge=1, le=64),
+                  model: FerModel = Depends(get_model), settings: Settings = Depends(get_settings)):
+    """The inputs that most activate each filter (gradient ascent), or conv1's raw kernels (mode=weights)."""
+    conv = model.explainer.layers.get(layer)
+    if conv is None:
+        raise HTTPException(404, f"unknown layer {layer!r}; valid layers: {', '.join(model.explainer.layers)}")
+    if mode == "weights" and layer != "conv1":
+        raise HTTPException(400, "mode=weights shows raw kernels of conv1 only (deeper kernels span many channels)")
+    if steps > settings.max_filter_steps:
+        raise HTTPException(400, f"steps={steps} exceeds the limit of {settings.max_filter_steps}")
+    indices = _parse_filters(filters, conv.weight.shape[0], layer, settings.max_filters_per_request)
+    request = FilterRequest(layer, indices, mode, steps if mode == "activation" else 0,
+                            size if mode == "activation" else conv.weight.shape[-1])
+    result, cached = await run_in_threadpool(model.filters, request)
+    if format == "json":
+        return FiltersResponse(layer=layer, mode=mode, steps=request.steps, size=request.size, cached=cached, filters=[
+            FilterImage(filter=index, activation=float(activation), image=image.round(decimals=4).tolist())
+            for index, image, activation in zip(indices, result.images, result.activations)])
+    tiles = [(image * 255).astype("uint8") for image in result.images]
+    return Response(png_bytes(grid(tiles, columns=columns, scale=scale)), media_type="image/png",
+                    headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
+
+
+def _parse_filters(text: str, count: int, layer: str, limit: int) -> tuple[int, ...]:
+    indices: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise HTTPException(400, f"filters={text!r}: expected indices and ranges such as 0-15 or 0,3,8-11")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise HTTPException(400, f"filters={text!r}: range {part} runs backwards")
+        if last >= count:
+            raise HTTPException(400, f"filter index {last} out of range: {layer} has filters 0-{count - 1}")
+        if len(indices) + last - first + 1 > limit:
+            raise HTTPException(400, f"filters={text!r} asks for more than {limit} filters in one request")
+        indices.extend(range(first, last + 1))
+    return tuple(indices)

@@ -1,0 +1,35 @@
+"""All service settings, read from environment variables prefixed `FER_` (e.g. FER_MAX_BATCH_SIZE=32)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FER_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models/default"), description="Directory made by `python -m training`.")
+    backend: Literal["torchscript", "onnx"] = Field("torchscript", description="What serves /predict.")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    half: bool = Field(False, description="fp16 TorchScript inference (CUDA only).")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    log_level: str = "info"
+    max_batch_size: int = Field(64, ge=1, description="Most images in one forward pass.")
+    batch_wait_ms: float = Field(2.0, ge=0, description="How long the first request of a batch waits for company.")
+    queue_limit: int = Field(2048, ge=1, description="Most images waiting for inference; beyond it, 503.")
+    max_images_per_request: int = Field(64, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(25_000_000, ge=1, description="Width x height; larger images get 413.")
+    max_filters_per_request: int = Field(64, ge=1)
+    max_filter_steps: int = Field(512, ge=1)
+    filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")
+    graceful_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
