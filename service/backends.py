@@ -1,5 +1,6 @@
 """Inference backends: each turns a uint8 batch (N x 1 x H x W) into probabilities (N x 7)."""
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -27,7 +28,9 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
-    model = torch.jit.load(str(path), map_location=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; it is our artifact format
+        model = torch.jit.load(str(path), map_location=device)
     return model.eval()
 
 

@@ -22,6 +22,9 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 FILTERS_DIR = "filters"  # precomputed visualisations, written by `python -m training export --filters`
+DEFAULT_FILTERS = tuple(range(16))
+DEFAULT_STEPS = 64
+DEFAULT_SIZE = 48
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,8 @@ class FilterRequest:
     layer: str
     filters: tuple[int, ...]
     mode: str = "activation"
-    steps: int = 64
-    size: int = 48
+    steps: int = DEFAULT_STEPS
+    size: int = DEFAULT_SIZE
 
     def key(self, model_version: str) -> str:
         text = json.dumps([model_version, self.layer, self.filters, self.mode, self.steps, self.size])

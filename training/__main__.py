@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, type=Path)
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--data", help="where the parity check takes real images (default: the training data)")
+    export.add_argument("--filters", action="store_true",
+                        help="also precompute the default filter visualisations of every layer for the service")
 
     evaluate = commands.add_parser("evaluate", help="evaluate an exported model directory, print JSON")
     evaluate.add_argument("--model", required=True, type=Path)
@@ -56,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
             train(args)
         elif args.command == "export":
-            from training.export import export_checkpoint
+            from training.export import export_checkpoint, precompute_filters
 
             manifest = export_checkpoint(args.checkpoint, args.out, args.data)
             print(f"exported model {manifest.version} to {args.out}")
+            if args.filters:
+                print(f"precomputed {precompute_filters(args.out)} filter visualisations in {args.out}/filters")
         else:
             from training.evaluate import evaluate_model_dir
 

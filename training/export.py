@@ -11,6 +11,7 @@ import torch
 
 from schemas.manifest import MANIFEST_FILE, EvaluationMetrics, InputSpec, Manifest, Preprocessing, TrainingConfig
 from service.artifacts import file_sha256
+from service.backends import load_torchscript
 from training.data import has_split, load_split
 from training.model import MEAN, STD, FerNet, architecture_table, build_model
 
@@ -52,7 +53,7 @@ def verify_parity(model: FerNet, out: Path, images: torch.Tensor, tolerance: flo
     batch = images.unsqueeze(1).contiguous()
     with torch.no_grad():
         eager = model(batch).numpy()
-        scripted = torch.jit.load(str(out / TORCHSCRIPT_FILE), map_location="cpu")(batch).numpy()
+        scripted = load_torchscript(out / TORCHSCRIPT_FILE, torch.device("cpu"))(batch).numpy()
     session = onnxruntime.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
     onnx = session.run(None, {"images": batch.numpy()})[0]
     differences = {"torchscript": float(np.abs(scripted - eager).max()), "onnx": float(np.abs(onnx - eager).max())}
@@ -117,3 +118,19 @@ def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> M
     sample = load_split(source, split, state["input_size"]).images[:64]
     return export_model(model, out, config, state["input_size"], sample, validation)
 
+
+
+def precompute_filters(model_dir: Path) -> int:
+    """Store the default filter visualisations of every convolution, so the service's first call is fast."""
+    from service.artifacts import load_manifest
+    from service.explain import Explainer
+    from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest, compute_filters, save_precomputed
+
+    manifest = load_manifest(model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    explainer = Explainer(load_torchscript(model_dir / manifest.artifacts["torchscript"].path, device), device)
+    requests = [FilterRequest("conv1", DEFAULT_FILTERS, "weights", 0, explainer.layers["conv1"].weight.shape[-1])]
+    requests += [FilterRequest(layer, DEFAULT_FILTERS, "activation", DEFAULT_STEPS, DEFAULT_SIZE) for layer in explainer.layers]
+    for request in requests:
+        save_precomputed(model_dir, manifest.version, request, compute_filters(explainer, request))
+    return len(requests)

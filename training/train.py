@@ -132,6 +132,13 @@ def load_data(args: argparse.Namespace):
     return holdout_split(train, args.val_fraction, args.seed)
 
 
+def save_atomically(state: dict, path: Path) -> None:
+    """A run killed while saving keeps its previous checkpoint intact."""
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
 def write_history(history: list[dict], out: Path) -> None:
     (out / "history.json").write_text(json.dumps(history, indent=2))
     with (out / "history.csv").open("w", newline="") as handle:
@@ -175,6 +182,9 @@ def train(args: argparse.Namespace) -> None:
     best_accuracy, start_epoch = -1.0, 0
     if args.resume and (out / CHECKPOINT_FILE).exists():
         state = torch.load(out / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        if state["config"]["epochs"] != args.epochs:
+            raise SystemExit(f"--resume: {out / CHECKPOINT_FILE} follows a {state['config']['epochs']}-epoch "
+                             f"schedule; resume with --epochs {state['config']['epochs']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -204,9 +214,9 @@ def train(args: argparse.Namespace) -> None:
                  "epoch": epoch, "val_accuracy": val_accuracy}
         if val_accuracy > best_accuracy:
             best_accuracy = val_accuracy
-            torch.save(state, out / BEST_FILE)
-        torch.save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "history": history, "best_accuracy": best_accuracy}, out / CHECKPOINT_FILE)
+            save_atomically(state, out / BEST_FILE)
+        save_atomically({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "history": history, "best_accuracy": best_accuracy}, out / CHECKPOINT_FILE)
         write_history(history, out)
 
     if rank == 0:

@@ -10,7 +10,7 @@ from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse,
 from schemas.labels import CLASSES
 from service.deps import Uploaded, get_images, get_model, get_settings
 from service.imaging import grid, heatmap, overlay, png_bytes
-from service.model import FerModel, FilterRequest
+from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FerModel, FilterRequest
 from service.routers.predict import ERRORS, IMAGES_BODY
 from service.settings import Settings
 
@@ -66,10 +66,10 @@ async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
 
 @router.get("/filters/{layer}", response_model=FiltersResponse, responses={**ERRORS, **PNG})
 async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
-                  filters: str = Query("0-15", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
+                  filters: str = Query(f"{DEFAULT_FILTERS[0]}-{DEFAULT_FILTERS[-1]}", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
                   mode: Literal["activation", "weights"] = "activation",
-                  steps: int = Query(64, ge=1, description="Gradient-ascent steps"),
-                  size: int = Query(48, ge=16, le=128, description="Side of the generated images"),
+                  steps: int = Query(DEFAULT_STEPS, ge=1, description="Gradient-ascent steps"),
+                  size: int = Query(DEFAULT_SIZE, ge=16, le=128, description="Side of the generated images"),
                   format: Literal["png", "json"] = "png",
                   scale: int = Query(2, ge=1, le=16, description="Enlargement of PNG tiles"),
                   columns: int = Query(8, ge=1, le=64),

@@ -1,0 +1,160 @@
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from schemas.labels import CLASSES
+from schemas.manifest import Manifest
+from service.artifacts import file_sha256, load_manifest
+from training.__main__ import main as training_main
+from training.data import load_split
+from training.export import ExportError, export_onnx, verify_parity
+from training.model import build_model
+
+from .conftest import ROOT
+
+
+def test_tiny_training_on_synthetic_faces_is_far_above_chance(trained_run):
+    metrics = json.loads((trained_run["dir"] / "metrics.json").read_text())
+    print(f"synthetic training + export took {trained_run['seconds']:.1f}s, val accuracy {metrics['accuracy']:.3f}")
+    assert metrics["accuracy"] >= 0.80
+    assert set(metrics["per_class"]) == set(CLASSES)
+    assert 0 < metrics["macro_f1"] <= 1 and metrics["samples"] == 700
+
+
+def test_run_directory_holds_every_output(model_dir):
+    for name in ("history.json", "history.csv", "history.png", "confusion_matrix.json", "confusion_matrix.png",
+                 "metrics.json", "model.pt", "model.onnx", "manifest.json", "architecture.json", "best.pt",
+                 "checkpoint.pt"):
+        assert (model_dir / name).is_file(), name
+    history = json.loads((model_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(history[0])
+    confusion = json.loads((model_dir / "confusion_matrix.json").read_text())
+    assert confusion["classes"] == list(CLASSES) and sum(map(sum, confusion["counts"])) == 700
+    assert all(abs(sum(row) - 1) < 1e-3 for row in confusion["normalized"])
+
+
+def test_manifest_describes_and_hashes_the_artifacts(model_dir):
+    manifest = Manifest.model_validate_json((model_dir / "manifest.json").read_text())
+    assert manifest.classes == list(CLASSES)
+    assert (manifest.input.height, manifest.preprocessing.resize_to) == (48, 32)
+    assert manifest.training.epochs == 5 and manifest.validation.accuracy >= 0.8
+    assert manifest.artifacts["onnx"].sha256 == file_sha256(model_dir / "model.onnx")
+    assert manifest.version == manifest.artifacts["torchscript"].sha256[:12]
+    assert {"torch", "torchvision", "onnx", "onnxruntime"} <= set(manifest.libraries)
+
+
+def test_export_parity_holds_and_fails_loudly_when_broken(model_dir, tmp_path):
+    images = load_split("synthetic:70", "val").images
+    state = torch.load(model_dir / "best.pt", weights_only=False)
+    model = build_model(32)
+    model.load_state_dict(state["model"])
+    differences = verify_parity(model.eval(), model_dir, images)
+    assert max(differences.values()) <= 1e-4
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(model_dir / "model.pt", broken / "model.pt")
+    export_onnx(build_model(32).eval(), images[:2].unsqueeze(1), broken / "model.onnx")  # other weights
+    with pytest.raises(ExportError, match="onnx"):
+        verify_parity(model.eval(), broken, images)
+
+
+def test_export_command_writes_a_verified_directory_with_precomputed_filters(model_dir, tmp_path):
+    out = tmp_path / "exported"
+    assert training_main(["export", "--checkpoint", str(model_dir / "best.pt"), "--out", str(out), "--filters"]) == 0
+    manifest = load_manifest(out)
+    assert "history" in manifest.artifacts and "metrics" in manifest.artifacts
+    assert len(list((out / "filters").glob("*.npz"))) == 21  # 20 convolutions + conv1's raw kernels
+
+
+def test_corrupt_artifact_is_detected(model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match=r"model.onnx \(onnx\) is corrupt"):
+        load_manifest(copy)
+
+
+def _write_folder(root, faces):
+    """Class folders named in another case and created in reverse canonical order."""
+    for name in reversed(CLASSES):
+        (root / "val" / name.capitalize()).mkdir(parents=True)
+    for i, (image, label) in enumerate(zip(faces.images.numpy(), faces.labels.tolist())):
+        Image.fromarray(image).save(root / "val" / CLASSES[label].capitalize() / f"{i}.png")
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_evaluate_on_image_folders_in_non_canonical_order(model_dir, tmp_path, capsys, backend):
+    faces = load_split("synthetic:3500", "val")  # the training run's validation split
+    _write_folder(tmp_path, faces)
+    plots = tmp_path / "plots"
+    assert training_main(["evaluate", "--model", str(model_dir), "--data", str(tmp_path), "--backend", backend,
+                          "--plots", str(plots)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    trained = json.loads((model_dir / "metrics.json").read_text())
+    assert result["samples"] == 700 and abs(result["accuracy"] - trained["accuracy"]) < 0.005
+    assert result["confusion_matrix"]["classes"] == list(CLASSES)
+    assert (plots / "confusion_matrix_val.png").is_file()
+
+
+def test_evaluate_with_test_time_augmentation(model_dir, capsys):
+    assert training_main(["evaluate", "--model", str(model_dir), "--data", "synthetic:3500", "--tta"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tta"] is True and result["accuracy"] > 0.5
+
+
+def test_resume_after_the_run_is_killed(tmp_path):
+    command = [sys.executable, "-m", "training", "train", "--out", str(tmp_path), "--data", "synthetic:1400",
+               "--image-size", "32", "--batch-size", "32", "--epochs", "3"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()  # preempted right after its first checkpoint
+    process.wait()
+    interrupted = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"]
+    assert interrupted < 2, "the run finished before it could be interrupted"
+    assert training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--image-size", "32",
+                          "--batch-size", "32", "--epochs", "3", "--resume"]) == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    with pytest.raises(SystemExit, match="resume with --epochs 3"):
+        training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--epochs", "5", "--resume"])
+
+
+def test_data_without_validation_split_holds_out_part_of_train(tmp_path):
+    faces = load_split("synthetic:140", "train")
+    rows = ["label,feature"] + [f"{label},{' '.join(map(str, image.flatten().tolist()))}"
+                                for image, label in zip(faces.images.numpy(), faces.labels.tolist())]
+    (tmp_path / "course.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert training_main(["train", "--out", str(out), "--data", str(tmp_path / "course.csv"), "--epochs", "1",
+                          "--image-size", "32", "--val-fraction", "0.2"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["samples"] == 28
+
+
+def test_bad_data_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("emotion,pixels,Usage\n3,1 2 3,Training\n")
+    assert training_main(["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "bad.csv")]) == 2
+    assert "bad.csv:2: wrong pixel count 3" in capsys.readouterr().err
+
+
+def test_distributed_training_with_torchrun_on_cpu(tmp_path):
+    """Two processes (gloo) split every epoch, as DistributedDataParallel does across GPUs."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "training", "train", "--out", str(tmp_path), "--data", "synthetic:280", "--epochs", "1",
+               "--image-size", "32", "--batch-size", "32", "--device", "cpu"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = load_manifest(tmp_path)
+    assert manifest.training.world_size == 2
+
