@@ -10,8 +10,10 @@ import numpy as np
 import torch
 
 from schemas.manifest import MANIFEST_FILE, EvaluationMetrics, InputSpec, Manifest, Preprocessing, TrainingConfig
-from service.artifacts import file_sha256
+from service.artifacts import file_sha256, load_manifest
 from service.backends import load_torchscript
+from service.explain import Explainer
+from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest, compute_filters, save_precomputed
 from training.data import has_split, load_split
 from training.model import MEAN, STD, FerNet, architecture_table, build_model
 
@@ -122,10 +124,6 @@ def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> M
 
 def precompute_filters(model_dir: Path) -> int:
     """Store the default filter visualisations of every convolution, so the service's first call is fast."""
-    from service.artifacts import load_manifest
-    from service.explain import Explainer
-    from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest, compute_filters, save_precomputed
-
     manifest = load_manifest(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     explainer = Explainer(load_torchscript(model_dir / manifest.artifacts["torchscript"].path, device), device)

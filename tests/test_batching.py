@@ -1,0 +1,114 @@
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batching import DynamicBatcher, QueueFullError, ShuttingDownError
+from service.metrics import Metrics
+
+from .conftest import make_client
+from .images import face_bytes
+
+
+def row_sums(images: np.ndarray) -> np.ndarray:
+    """A real (if tiny) model: one output per image, so each caller's rows can be told apart."""
+    return images.reshape(len(images), -1).sum(1, keepdims=True).astype(np.float64)
+
+
+def images_of(value: int, count: int = 1) -> np.ndarray:
+    return np.full((count, 1, 2, 2), value, dtype=np.uint8)
+
+
+def test_concurrent_submissions_share_batches_and_get_their_own_rows():
+    sizes = []
+
+    def predict(images):
+        sizes.append(len(images))
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(predict, max_batch_size=8, max_wait_s=0.05, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(images_of(v, count=1 + v % 3)) for v in range(10)))
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    for value, result in enumerate(results):
+        assert result.probabilities.ravel().tolist() == [4.0 * value] * (1 + value % 3)
+    assert max(sizes) > 1 and max(sizes) <= 8 and sum(sizes) == sum(1 + v % 3 for v in range(10))
+
+
+def test_a_request_larger_than_a_batch_is_split():
+    sizes = []
+
+    def predict(images):
+        sizes.append(len(images))
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(predict, max_batch_size=4, max_wait_s=0, queue_limit=100, metrics=Metrics())
+        batcher.start()
+        result = await batcher.submit(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1))
+        await batcher.close()
+        return result
+
+    assert asyncio.run(scenario()).probabilities.ravel().tolist() == list(range(10))
+    assert sizes == [4, 4, 2]
+
+
+def test_full_queue_is_refused_and_close_drains_what_was_accepted():
+    release = threading.Event()
+
+    def slow_predict(images):
+        release.wait(5)
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(slow_predict, max_batch_size=2, max_wait_s=0, queue_limit=4, metrics=Metrics())
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(images_of(1, 2)))  # taken by the worker, blocked
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(images_of(v, 2))) for v in (2, 3)]  # fill the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(images_of(4))
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(ShuttingDownError):
+            await batcher.submit(images_of(5))
+        release.set()
+        await closing
+        return [(await job).probabilities.ravel().tolist() for job in (running, *queued)]
+
+    assert asyncio.run(scenario()) == [[4.0, 4.0], [8.0, 8.0], [12.0, 12.0]]
+
+
+def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
+    calls = []
+
+    def flaky(images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(flaky, max_batch_size=4, max_wait_s=0, queue_limit=10, metrics=Metrics())
+        batcher.start()
+        with pytest.raises(RuntimeError, match="device lost"):
+            await batcher.submit(images_of(1))
+        result = await batcher.submit(images_of(2))
+        await batcher.close()
+        return result
+
+    assert asyncio.run(scenario()).probabilities.ravel().tolist() == [8.0]
+
+
+def test_http_503_with_retry_after_when_the_queue_cannot_take_a_request(model_dir):
+    with make_client(model_dir, queue_limit=2) as client:
+        response = client.post("/predict", files=[("files", (f"{i}.png", face_bytes(), "image/png")) for i in range(3)])
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "queued" in response.json()["detail"]
+        assert client.post("/predict", files=[("files", ("a.png", face_bytes(), "image/png"))]).status_code == 200
