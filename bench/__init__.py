@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures; none of them is a test."""

@@ -1,0 +1,113 @@
+"""`make bench-serve`: start the real server (uvicorn) and measure it with a separate load generator.
+
+For each server configuration (dynamic batching on, then `max batch = 1`), every load: concurrencies x
+images per request for /predict, a fixed-rate single-image run, and /saliency. Prints a table and writes
+bench/results/serve-<device>.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SALIENCY_IMAGES = 8  # per /saliency request, computed as one batch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: Path, port: int, env: dict) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1",
+                                "--port", str(port)], cwd=ROOT, env={**os.environ, "FER_LOG_LEVEL": "warning", **env})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the server did not become ready in 180 s")
+
+
+def load(url: str, duration: float, **options) -> dict:
+    command = [sys.executable, "-m", "bench.load", "--url", url, "--duration", str(duration)]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--images", type=int, nargs="+", default=[1, 32], help="images per request")
+    parser.add_argument("--rate", type=float, help="single-image requests/s of the fixed-rate run "
+                                                   "(default 1000 on CUDA, 150 on the CPU)")
+    parser.add_argument("--max-batch", type=int, default=None, help="max batch size with batching on "
+                                                                    "(default 256 on CUDA, 64 on the CPU)")
+    parser.add_argument("--backend", default="torchscript")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    rate = args.rate or (1000 if cuda else 150)
+    device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    configurations = {"batching": {"FER_MAX_BATCH_SIZE": str(args.max_batch or (256 if cuda else 64)),
+                                   "FER_BATCH_WAIT_MS": "2"},
+                      "max batch = 1": {"FER_MAX_BATCH_SIZE": "1", "FER_BATCH_WAIT_MS": "0"}}
+    rows = []
+    for name, env in configurations.items():
+        port = free_port()
+        server = start_server(args.model, port, {**env, "FER_BACKEND": args.backend,
+                                                 "FER_MAX_IMAGES_PER_REQUEST": str(max(*args.images, SALIENCY_IMAGES))})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for images in args.images:
+                for concurrency in args.concurrency:
+                    rows.append({"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
+                                 **load(f"{url}/predict", args.duration, images=images, concurrency=concurrency)})
+                    print_row(rows[-1])
+            rows.append({"server": name, "endpoint": "/predict", "images": 1, "load": f"{rate:g} req/s",
+                         **load(f"{url}/predict", args.duration, images=1, rate=rate)})
+            print_row(rows[-1])
+            if name == "batching":
+                for method in ("vanilla", "gradcam"):
+                    rows.append({"server": name, "endpoint": f"/saliency?method={method}", "images": SALIENCY_IMAGES, "load": "c=4",
+                                 **load(f"{url}/saliency?method={method}&format=png", args.duration, images=SALIENCY_IMAGES,
+                                        concurrency=4)})
+                    print_row(rows[-1])
+        finally:
+            server.terminate()
+            server.wait(60)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"serve-{'cuda' if cuda else 'cpu'}.json"
+    path.write_text(json.dumps({"device": device, "backend": args.backend, "model": str(args.model), "rows": rows},
+                               indent=1))
+    print(f"device: {device}; written to {path}")
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['server']:>14} {row['endpoint']:<26} {row['images']:>3} img/req {row['load']:>12}: "
+          f"{row['images_per_s']:>9.1f} img/s {row['requests_per_s']:>8.1f} req/s  p50 {row['p50_ms']:>7.1f} ms  "
+          f"p95 {row['p95_ms']:>7.1f} ms  p99 {row['p99_ms']:>7.1f} ms  errors {row['errors']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
