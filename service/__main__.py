@@ -1,6 +1,7 @@
 """`python -m service --model DIR [--host --port]`: serve a model directory with uvicorn."""
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -24,9 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     except ModelDirError as error:
         print(f"error: cannot serve {settings.model_dir}: {error}", file=sys.stderr)
         return 2
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; by then the stop is a clean one.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=int(settings.graceful_timeout_s))
     return 0
+
+
+def _exit_after_drain(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":
