@@ -57,6 +57,7 @@ class FerModel:
         self.ready = False
         self._explain_lock = threading.Lock()  # one explanation at a time bounds their memory
         self._filter_cache: OrderedDict[str, FilterResult] = OrderedDict()
+        self._cache_lock = threading.Lock()  # requests run in a thread pool
 
     # --- load -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -107,7 +108,8 @@ class FerModel:
     def filters(self, request: FilterRequest) -> tuple[FilterResult, bool]:
         """The visualisation, and whether it came from the cache (memory, then precomputed files)."""
         key = request.key(self.manifest.version)
-        cached = self._filter_cache.get(key)
+        with self._cache_lock:
+            cached = self._filter_cache.get(key)
         if cached is None:
             cached = self._read_precomputed(key)
         if cached is not None:
@@ -132,10 +134,11 @@ class FerModel:
     def _remember(self, key: str, result: FilterResult) -> None:
         if self.settings.filter_cache_size == 0:
             return
-        self._filter_cache[key] = result
-        self._filter_cache.move_to_end(key)
-        while len(self._filter_cache) > self.settings.filter_cache_size:
-            self._filter_cache.popitem(last=False)
+        with self._cache_lock:
+            self._filter_cache[key] = result
+            self._filter_cache.move_to_end(key)
+            while len(self._filter_cache) > self.settings.filter_cache_size:
+                self._filter_cache.popitem(last=False)
 
     def report(self) -> tuple[list[ArchitectureRow], list[dict], dict]:
         """Architecture table, training history and confusion matrix, as exported by the training run."""

@@ -258,6 +258,15 @@ def test_request_limits_and_content_types(client):
     assert client.post("/saliency?method=lime", files=upload(face_bytes())).status_code == 422
 
 
+def test_streamed_body_over_the_limit_is_refused(client):
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "exceeds the limit" in response.json()["detail"]
+
+
 def test_server_keeps_serving_after_bad_input_and_counts_it(client):
     client.post("/predict", files=upload(b"junk"))
     assert client.post("/predict", files=upload(face_bytes())).status_code == 200

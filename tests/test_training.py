@@ -16,7 +16,7 @@ from training.data import load_split
 from training.export import ExportError, export_onnx, verify_parity
 from training.model import build_model
 
-from .conftest import ROOT
+from .conftest import ROOT, make_client
 
 
 def test_tiny_training_on_synthetic_faces_is_far_above_chance(trained_run):
@@ -72,6 +72,10 @@ def test_export_command_writes_a_verified_directory_with_precomputed_filters(mod
     manifest = load_manifest(out)
     assert "history" in manifest.artifacts and "metrics" in manifest.artifacts
     assert len(list((out / "filters").glob("*.npz"))) == 21  # 20 convolutions + conv1's raw kernels
+    with make_client(out) as client:  # the service answers the default views from the precomputed files
+        assert client.get("/filters/layer3.1.conv2").headers["x-cache"] == "hit"
+        assert client.get("/filters/conv1?mode=weights").headers["x-cache"] == "hit"
+        assert client.get("/filters/conv1?filters=0-3&steps=2").headers["x-cache"] == "miss"
 
 
 def test_corrupt_artifact_is_detected(model_dir, tmp_path):
