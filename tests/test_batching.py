@@ -20,15 +20,19 @@ def images_of(value: int, count: int = 1) -> np.ndarray:
     return np.full((count, 1, 2, 2), value, dtype=np.uint8)
 
 
-def test_concurrent_submissions_share_batches_and_get_their_own_rows():
-    sizes = []
-
+def recording(sizes: list[int]):
+    """row_sums, noting the size of every batch it is given."""
     def predict(images):
         sizes.append(len(images))
         return row_sums(images)
+    return predict
+
+
+def test_concurrent_submissions_share_batches_and_get_their_own_rows():
+    sizes = []
 
     async def scenario():
-        batcher = DynamicBatcher(predict, max_batch_size=8, max_wait_s=0.05, queue_limit=100, metrics=Metrics())
+        batcher = DynamicBatcher(recording(sizes), max_batch_size=8, max_wait_s=0.05, queue_limit=100, metrics=Metrics())
         batcher.start()
         results = await asyncio.gather(*(batcher.submit(images_of(v, count=1 + v % 3)) for v in range(10)))
         await batcher.close()
@@ -43,12 +47,8 @@ def test_concurrent_submissions_share_batches_and_get_their_own_rows():
 def test_a_request_larger_than_a_batch_is_split():
     sizes = []
 
-    def predict(images):
-        sizes.append(len(images))
-        return row_sums(images)
-
     async def scenario():
-        batcher = DynamicBatcher(predict, max_batch_size=4, max_wait_s=0, queue_limit=100, metrics=Metrics())
+        batcher = DynamicBatcher(recording(sizes), max_batch_size=4, max_wait_s=0, queue_limit=100, metrics=Metrics())
         batcher.start()
         result = await batcher.submit(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1))
         await batcher.close()

@@ -54,6 +54,7 @@ def setup_device(choice: str) -> tuple[torch.device, int, int]:
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         return torch.device("cuda", local_rank), rank, world_size
     return torch.device("cpu"), rank, world_size
 
