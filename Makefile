@@ -34,9 +34,10 @@ serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m bench.serve --model $(MODEL_DIR)
 
-docker:
-	docker build -f docker/Dockerfile.cpu -t fer-explain:cpu .
-	docker build -f docker/Dockerfile.gpu -t fer-explain:gpu .
+docker: $(MODEL_DIR)/manifest.json
+	@command -v docker >/dev/null || { echo "make docker needs Docker (a client and a running engine)"; exit 1; }
+	docker build -f docker/Dockerfile.cpu --build-arg MODEL_SOURCE=$(MODEL_DIR) -t fer-explain:cpu .
+	docker build -f docker/Dockerfile.gpu --build-arg MODEL_SOURCE=$(MODEL_DIR) -t fer-explain:gpu .
 
 clean:
 	rm -rf $(VENV) models runs
