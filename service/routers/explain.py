@@ -2,6 +2,7 @@ import re
 import time
 from typing import Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -37,11 +38,15 @@ async def saliency(method: Literal["vanilla", "smoothgrad", "gradcam"] = "vanill
                         confidence=float(probabilities[i, p]), height=m.shape[0], width=m.shape[1],
                         saliency=m.round(decimals=4).tolist())
             for i, (name, m, t, p) in enumerate(zip(uploaded.filenames, maps.numpy(), targets.tolist(), predicted))])
-    tiles = [heatmap(m) if format == "png" else overlay(image[0], m)
-             for image, m in zip(uploaded.images, maps.numpy())]
-    return Response(png_bytes(grid(tiles, columns=len(tiles), scale=scale)), media_type="image/png", headers={
+    content = await run_in_threadpool(_saliency_png, uploaded.images, maps.numpy(), format == "overlay", scale)
+    return Response(content, media_type="image/png", headers={
         "X-Targets": ",".join(CLASSES[t] for t in targets.tolist()),
         "X-Predicted": ",".join(CLASSES[p] for p in predicted)})
+
+
+def _saliency_png(images: np.ndarray, maps: np.ndarray, over_input: bool, scale: int) -> bytes:
+    tiles = [overlay(image[0], m) if over_input else heatmap(m) for image, m in zip(images, maps)]
+    return png_bytes(grid(tiles, columns=len(tiles), scale=scale))
 
 
 def _parse_target(target: str | None) -> int | None:
@@ -90,9 +95,9 @@ async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, lay
         return FiltersResponse(layer=layer, mode=mode, steps=request.steps, size=request.size, cached=cached, filters=[
             FilterImage(filter=index, activation=float(activation), image=image.round(decimals=4).tolist())
             for index, image, activation in zip(indices, result.images, result.activations)])
-    tiles = [(image * 255).astype("uint8") for image in result.images]
-    return Response(png_bytes(grid(tiles, columns=columns, scale=scale)), media_type="image/png",
-                    headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
+    tiles = [(image * 255).astype(np.uint8) for image in result.images]
+    content = await run_in_threadpool(lambda: png_bytes(grid(tiles, columns=columns, scale=scale)))
+    return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
 
 
 def _parse_filters(text: str, count: int, layer: str, limit: int) -> tuple[int, ...]:
