@@ -2,11 +2,11 @@
 
 import base64
 import binascii
-import json
 
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.api import ImagesRequest
@@ -63,7 +63,9 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}")
+            response = JSONResponse({"detail": f"request body of {int(declared)} bytes exceeds the limit of "
+                                               f"{self.max_bytes}"}, status_code=413, headers={"connection": "close"})
+            await response(scope, receive, send)
             return
         received = 0
 
@@ -77,10 +79,3 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, limited_receive, send)
 
-
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})

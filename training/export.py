@@ -87,19 +87,20 @@ def export_model(model: FerNet, out: Path, config: TrainingConfig, input_size: i
         input=InputSpec(height=input_size, width=input_size),
         preprocessing=Preprocessing(resize_to=config.image_size, mean=MEAN, std=STD),
         training=config, validation=validation, artifacts=artifacts,
-        libraries={name: importlib.metadata.version(name) for name in ("torch", "torchvision", "onnx", "onnxruntime")
-                   if _installed(name)},
+        libraries=_library_versions("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu"),
     )
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
     return manifest
 
 
-def _installed(name: str) -> bool:
-    try:
-        importlib.metadata.version(name)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
+def _library_versions(*names: str) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> Manifest:
