@@ -35,6 +35,14 @@ class FilterRequest:
     steps: int = DEFAULT_STEPS
     size: int = DEFAULT_SIZE
 
+    @classmethod
+    def make(cls, explainer: Explainer, layer: str, filters: tuple[int, ...], mode: str = "activation",
+             steps: int = DEFAULT_STEPS, size: int = DEFAULT_SIZE) -> "FilterRequest":
+        """Raw kernels take no steps and have the kernel's own size, so those options do not split the cache."""
+        if mode == "weights":
+            return cls(layer, filters, mode, 0, explainer.layers[layer].weight.shape[-1])
+        return cls(layer, filters, mode, steps, size)
+
     def key(self, model_version: str) -> str:
         text = json.dumps([model_version, self.layer, self.filters, self.mode, self.steps, self.size])
         return hashlib.sha256(text.encode()).hexdigest()[:24]

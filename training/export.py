@@ -13,7 +13,7 @@ from schemas.manifest import MANIFEST_FILE, EvaluationMetrics, InputSpec, Manife
 from service.artifacts import file_sha256, load_manifest
 from service.backends import load_torchscript
 from service.explain import Explainer
-from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest, compute_filters, save_precomputed
+from service.model import DEFAULT_FILTERS, FilterRequest, compute_filters, save_precomputed
 from training.data import has_split, load_split
 from training.model import MEAN, STD, FerNet, architecture_table, build_model
 
@@ -122,14 +122,13 @@ def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> M
     return export_model(model, out, config, state["input_size"], sample, validation)
 
 
-
 def precompute_filters(model_dir: Path) -> int:
     """Store the default filter visualisations of every convolution, so the service's first call is fast."""
     manifest = load_manifest(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     explainer = Explainer(load_torchscript(model_dir / manifest.artifacts["torchscript"].path, device), device)
-    requests = [FilterRequest("conv1", DEFAULT_FILTERS, "weights", 0, explainer.layers["conv1"].weight.shape[-1])]
-    requests += [FilterRequest(layer, DEFAULT_FILTERS, "activation", DEFAULT_STEPS, DEFAULT_SIZE) for layer in explainer.layers]
+    requests = [FilterRequest.make(explainer, "conv1", DEFAULT_FILTERS, "weights")]
+    requests += [FilterRequest.make(explainer, layer, DEFAULT_FILTERS) for layer in explainer.layers]
     for request in requests:
         save_precomputed(model_dir, manifest.version, request, compute_filters(explainer, request))
     return len(requests)

@@ -88,8 +88,7 @@ async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, lay
     if steps > settings.max_filter_steps:
         raise HTTPException(400, f"steps={steps} exceeds the limit of {settings.max_filter_steps}")
     indices = _parse_filters(filters, conv.weight.shape[0], layer, settings.max_filters_per_request)
-    request = FilterRequest(layer, indices, mode, steps if mode == "activation" else 0,
-                            size if mode == "activation" else conv.weight.shape[-1])
+    request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
     result, cached = await run_in_threadpool(model.filters, request)
     if format == "json":
         return FiltersResponse(layer=layer, mode=mode, steps=request.steps, size=request.size, cached=cached, filters=[
