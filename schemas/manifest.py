@@ -36,14 +36,20 @@ class TrainingConfig(BaseModel):
     epochs: int
     image_size: int
     batch_size: int
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float
     weight_decay: float
     label_smoothing: float
+    mixup: float = Field(0.0, description="Beta(alpha, alpha) of mixup; 0 = off.")
+    cutmix: float = Field(0.0, description="Beta(alpha, alpha) of CutMix; 0 = off.")
+    ema_decay: float = Field(0.0, description="Decay of the weight EMA that is evaluated and exported; 0 = off.")
     weights: str
     seed: int
     device: str
     world_size: int = 1
-    amp: bool = False
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Of the training steps; evaluation is fp32.")
+    channels_last: bool = False
+    tta: str = "none"
 
 
 class ClassMetrics(BaseModel):

@@ -20,16 +20,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int, default=48, help="side of the image the network sees")
     train.add_argument("--input-size", type=int, default=48, help="side the data is stored at (FER2013: 48)")
     train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: Nesterov momentum 0.9")
     train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--weight-decay", type=float, default=0.05)
     train.add_argument("--label-smoothing", type=float, default=0.1)
+    train.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta alpha (e.g. 0.2); 0 = off")
+    train.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (e.g. 1.0); 0 = off")
+    train.add_argument("--ema-decay", type=float, default=0.998,
+                       help="per-step decay of the weight EMA that is evaluated and exported; 0 = off")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                       help="of training steps: auto = bf16 on CUDA and on CPUs with bf16 instructions")
     train.add_argument("--weights", default="none",
                        help="none (from scratch), imagenet (torch hub cache) or a ResNet18 state dict path")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="held out of train when the data has no val split")
-    train.add_argument("--tta", action="store_true", help="evaluate with horizontal-flip test-time augmentation")
+    train.add_argument("--tta", choices=["none", "flip"], default="none",
+                       help="test-time augmentation recorded in the manifest and applied by evaluate and the service")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
 
     export = commands.add_parser("export", help="export a checkpoint to verified TorchScript and ONNX")
