@@ -28,9 +28,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, env: dict) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=ROOT, env={**os.environ, "FER_LOG_LEVEL": "warning", **env})
+def start_server(model: Path, port: int, env: dict, module: str = "service") -> subprocess.Popen:
+    arguments = ["--host", "127.0.0.1"] if module == "service" else []
+    process = subprocess.Popen([sys.executable, "-m", module, "--model", str(model), *arguments, "--port", str(port)],
+                               cwd=ROOT, env={**os.environ, "FER_LOG_LEVEL": "warning", **env})
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -64,7 +65,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="max batch size with batching on "
                                                                     "(default 256 on CUDA, 64 on the CPU)")
     parser.add_argument("--backend", default="torchscript")
+    parser.add_argument("--compare", action="store_true",
+                        help="side by side with the plain FastAPI baseline (bench/baseline.py), fp32, no TTA")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args)
     cuda = torch.cuda.is_available()
     rate = args.rate or (1000 if cuda else 150)
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
@@ -101,6 +106,34 @@ def main() -> None:
     path.write_text(json.dumps({"device": device, "backend": args.backend, "model": str(args.model), "rows": rows},
                                indent=1))
     print(f"device: {device}; written to {path}")
+
+
+# The load shapes of the side-by-side comparison: (images per request, concurrency).
+COMPARE_SHAPES = ((1, 32), (32, 4))
+
+
+def compare(args) -> None:
+    """The same loads against the plain baseline and this service (default settings but TTA off, so both compute
+    one forward pass per image), in one run; prints the ratio per load shape."""
+    servers = {"plain FastAPI": ("bench.baseline", {}),
+               "this service": ("service", {"FER_BACKEND": args.backend, "FER_TTA": "none"})}
+    results = {}
+    for name, (module, env) in servers.items():
+        port = free_port()
+        server = start_server(args.model, port, env, module)
+        try:
+            for images, concurrency in COMPARE_SHAPES:
+                row = {"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
+                       **load(f"http://127.0.0.1:{port}/predict", args.duration, images=images,
+                              concurrency=concurrency)}
+                results[name, images] = row
+                print_row(row)
+        finally:
+            server.terminate()
+            server.wait(60)
+    for images, concurrency in COMPARE_SHAPES:
+        ratio = results["this service", images]["images_per_s"] / results["plain FastAPI", images]["images_per_s"]
+        print(f"{images} image(s)/request at c={concurrency}: this service / plain FastAPI = {ratio:.2f}x")
 
 
 def print_row(row: dict) -> None:

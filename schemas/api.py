@@ -6,7 +6,10 @@ from pydantic import BaseModel, Field
 
 from schemas.manifest import Manifest
 
-SaliencyMethod = Literal["vanilla", "smoothgrad", "gradcam"]
+FacesMode = Literal["auto", "detect", "none"]
+FACES_DESCRIPTION = ("auto: detect faces; where none is found in a small, roughly square image, take the whole "
+                     "image as one face (FER2013-style crops). detect: faces the detector finds only. none: the "
+                     "whole image is one face.")
 
 
 class ErrorResponse(BaseModel):
@@ -25,6 +28,9 @@ class ModelInfo(BaseModel):
     version: str
     backend: str
     device: str
+    tta: str = Field("none", description="Test-time augmentation applied to predictions.")
+    backend_throughput: dict[str, float] = Field(
+        default_factory=dict, description="Images/s of each backend measured at start when FER_BACKEND=auto.")
 
 
 class ClassProbability(BaseModel):
@@ -32,8 +38,22 @@ class ClassProbability(BaseModel):
     probability: float
 
 
-class Prediction(BaseModel):
-    filename: str
+class FaceBox(BaseModel):
+    """In pixels of the uploaded image after its EXIF rotation (the upright image)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class Face(BaseModel):
+    box: FaceBox
+    detection_score: float | None = Field(description="The detector's confidence; null for a whole-image face.")
+    source: Literal["detector", "whole_image"]
+
+
+class FacePrediction(Face):
     label: str
     index: int
     confidence: float
@@ -41,27 +61,58 @@ class Prediction(BaseModel):
     top_k: list[ClassProbability] | None = None
 
 
+class ImageFaces(BaseModel):
+    """One uploaded image: its size and its faces, largest-scoring first."""
+
+    filename: str
+    width: int
+    height: int
+    faces_truncated: bool = Field(False, description="More faces were found than FER_MAX_FACES_PER_IMAGE.")
+    reason: str | None = Field(None, description="Why `faces` is empty, e.g. no face found.")
+
+
+class ImagePrediction(ImageFaces):
+    faces: list[FacePrediction]
+
+
 class PredictResponse(BaseModel):
     model: ModelInfo
-    predictions: list[Prediction]
+    predictions: list[ImagePrediction] = Field(description="One per uploaded image, in order.")
     timing_ms: dict[str, float]
 
+    model_config = {"json_schema_extra": {"examples": [{
+        "model": {"name": "fer-resnet18", "version": "3bf61f228871", "backend": "onnx", "device": "cpu",
+                  "tta": "flip", "backend_throughput": {}},
+        "predictions": [{"filename": "group.jpg", "width": 640, "height": 480, "faces_truncated": False,
+                         "reason": None, "faces": [{
+                             "box": {"x": 412, "y": 96, "width": 118, "height": 118}, "detection_score": 0.998,
+                             "source": "detector", "label": "happy", "index": 3, "confidence": 0.91,
+                             "probabilities": {"angry": 0.01, "disgust": 0.0, "fear": 0.02, "happy": 0.91,
+                                               "sad": 0.02, "surprise": 0.01, "neutral": 0.03}, "top_k": None}]},
+                        {"filename": "landscape.jpg", "width": 1024, "height": 512, "faces_truncated": False,
+                         "reason": "no face found", "faces": []}],
+        "timing_ms": {"decode": 12.1, "detect": 30.5, "queue": 1.2, "inference": 8.4, "total": 53.0}}]}}
 
-class SaliencyMap(BaseModel):
-    filename: str
+
+class FaceSaliency(Face):
     target: str
     target_index: int
     predicted: str
     confidence: float
     height: int
     width: int
-    saliency: list[list[float]] = Field(description="Normalised to [0, 1], at the model's input resolution.")
+    saliency: list[list[float]] = Field(description="Normalised to [0, 1], at the model's input resolution, over "
+                                                    "the face crop (upright, as the model saw it).")
+
+
+class ImageSaliency(ImageFaces):
+    faces: list[FaceSaliency]
 
 
 class SaliencyResponse(BaseModel):
     model: ModelInfo
-    method: SaliencyMethod
-    maps: list[SaliencyMap]
+    method: str
+    images: list[ImageSaliency] = Field(description="One per uploaded image, in order, with a map per face.")
     timing_ms: dict[str, float]
 
 
@@ -98,11 +149,28 @@ class ArchitectureRow(BaseModel):
     output_shape: list[int]
 
 
+class ExplanationMethod(BaseModel):
+    name: str
+    description: str
+    uses_layer: bool = Field(description="Whether `layer` applies (Grad-CAM family).")
+    faithfulness: dict[str, Any] | None = Field(
+        None, description="Deletion/insertion AUC and the randomisation sanity check measured at export, "
+                          "when the model directory has them.")
+    passes_sanity_check: bool | None = Field(None, description="False: the maps barely change for a randomised "
+                                                               "network (Adebayo et al. 2018); do not trust them.")
+
+
+class ExplanationMethods(BaseModel):
+    methods: list[ExplanationMethod]
+
+
 class ModelReport(BaseModel):
-    """The report's questions 1-3: architecture, training curves, confusion matrix."""
+    """The report's questions 1-3: architecture, training curves, confusion matrix; and the explanations'
+    measured faithfulness."""
 
     model: ModelInfo
     manifest: Manifest
     architecture: list[ArchitectureRow]
     history: list[dict[str, Any]]
     confusion_matrix: dict[str, Any]
+    faithfulness: list[dict[str, Any]] = Field(default_factory=list)

@@ -7,6 +7,8 @@ from pydantic import BaseModel, Field
 from schemas.labels import CLASSES
 
 MANIFEST_FILE = "manifest.json"
+# Test-time augmentation: none, horizontal flip, or flip x five shifted crops (ten views).
+TtaMode = Literal["none", "flip", "crops"]
 
 
 class InputSpec(BaseModel):
@@ -33,6 +35,7 @@ class Preprocessing(BaseModel):
 
 class TrainingConfig(BaseModel):
     data: str
+    architecture: str = "resnet18"
     epochs: int
     image_size: int
     batch_size: int
@@ -49,7 +52,7 @@ class TrainingConfig(BaseModel):
     world_size: int = 1
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Of the training steps; evaluation is fp32.")
     channels_last: bool = False
-    tta: str = "none"
+    tta: TtaMode = "none"
 
 
 class ClassMetrics(BaseModel):
@@ -72,9 +75,27 @@ class EvaluationMetrics(BaseModel):
     accuracy: float
     macro_f1: float
     loss: float | None = None
-    tta: bool = False
+    tta: TtaMode = "none"
     per_class: dict[str, ClassMetrics]
     most_confused: list[ConfusedPair]
+
+
+class WeightsSource(BaseModel):
+    """Where the exported weights came from when they were not trained in this directory's run."""
+
+    file: str
+    sha256: str
+    model_card: str | None = None
+
+
+class QuantizationInfo(BaseModel):
+    """The int8 ONNX artifact's calibration and its accuracy against fp32 on the same faces (no TTA)."""
+
+    split: str
+    samples: int
+    calibration_images: int
+    accuracy_fp32: float
+    accuracy_int8: float
 
 
 class ArtifactInfo(BaseModel):
@@ -84,16 +105,21 @@ class ArtifactInfo(BaseModel):
 
 
 class Manifest(BaseModel):
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     name: str = "fer-resnet18"
     version: str = Field(description="Short content hash of model.pt: changes whenever the weights do.")
     created: str
-    architecture: str = "torchvision resnet18, fc = Sequential(Dropout(0.5), Linear(512, 7))"
-    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    architecture: str = Field("resnet18", description="Name in the architecture registry "
+                                                      "(service.runtime.architectures.ARCHITECTURES).")
+    classes: list[str] = Field(default_factory=lambda: list(CLASSES), min_length=2,
+                               description="Class names in output order.")
     input: InputSpec
     preprocessing: Preprocessing
-    outputs: str = "probabilities, shape N x 7, in the order of `classes`"
+    tta: TtaMode = Field("none", description="Test-time augmentation that evaluate and the service apply.")
+    outputs: str = "probabilities, shape N x len(classes), in the order of `classes`"
     training: TrainingConfig
+    weights_source: WeightsSource | None = None
     validation: EvaluationMetrics | None = None
+    quantization: QuantizationInfo | None = None
     artifacts: dict[str, ArtifactInfo] = Field(description="torchscript, onnx, and the report files, by role.")
     libraries: dict[str, str]

@@ -8,7 +8,7 @@ from pathlib import Path
 import uvicorn
 
 from service.app import create_app
-from service.artifacts import ModelDirError, load_manifest
+from service.runtime.modeldir import ModelDirError, load_manifest
 from service.settings import Settings
 
 

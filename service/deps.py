@@ -1,12 +1,14 @@
 """FastAPI dependencies: what a route needs, taken from the app's state."""
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
+from service.admission import ExplanationPool, Ticket
 from service.batching import DynamicBatcher
 from service.imaging import ImageError
 from service.model import FerModel
@@ -27,6 +29,16 @@ def get_model(request: Request) -> FerModel:
 
 def get_batcher(request: Request) -> DynamicBatcher:
     return request.app.state.batcher
+
+
+def get_pool(request: Request) -> ExplanationPool:
+    return request.app.state.explanations
+
+
+def explanation_ticket(pool: ExplanationPool = Depends(get_pool)) -> Iterator[Ticket]:
+    """A place among the explanation slots, taken before the request's images are decoded."""
+    with pool.admitted() as ticket:
+        yield ticket
 
 
 @dataclass

@@ -29,6 +29,9 @@ class Metrics:
         self.cache_hits = Counter("fer_filter_cache_hits", "Filter visualisations served from the cache", registry=r)
         self.cache_misses = Counter("fer_filter_cache_misses", "Filter visualisations computed", registry=r)
         self.model_info = Info("fer_model", "The model being served", registry=r)
+        self.backend_throughput = Gauge("fer_backend_images_per_second",
+                                        "Images/s of each backend measured at start (FER_BACKEND=auto)", ["backend"],
+                                        registry=r)
         self.gpu_memory = Gauge("fer_gpu_memory_bytes", "CUDA memory held by the service", ["kind"], registry=r)
 
     def watch_gpu_memory(self, device: torch.device) -> None:

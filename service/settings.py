@@ -12,9 +12,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FER_", protected_namespaces=())
 
     model_dir: Path = Field(Path("models/default"), description="Directory made by `python -m training`.")
-    backend: Literal["torchscript", "onnx"] = Field("torchscript", description="What serves /predict.")
+    backend: Literal["auto", "torchscript", "onnx"] = Field(
+        "auto", description="What serves /predict; auto measures each at start and keeps the fastest here.")
+    tta: Literal["manifest", "none", "flip", "crops"] = Field(
+        "manifest", description="Test-time augmentation of /predict: the model directory's choice, or another.")
     device: Literal["auto", "cuda", "cpu"] = "auto"
-    half: bool = Field(False, description="fp16 TorchScript inference (CUDA only).")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="fp16: TorchScript on CUDA; int8: the ONNX model quantized at export (--int8).")
     host: str = "0.0.0.0"
     port: int = 8000
     log_level: str = "info"
@@ -24,6 +28,12 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(25_000_000, ge=1, description="Width x height; larger images get 413.")
+    explain_workers: int = Field(1, ge=1, description="Explanations computed at once, on their own threads.")
+    explain_queue: int = Field(4, ge=0, description="Explanation requests that may wait; beyond them, 503.")
+    max_explanation_passes: int = Field(2048, ge=1, description="Budget of one /saliency request: images x "
+                                                                "forward passes per image of the method.")
+    max_filter_cost: int = Field(64 * 128 * 48 * 48, ge=1, description="Budget of one uncached /filters "
+                                                                       "request: filters x steps x size^2.")
     max_filters_per_request: int = Field(64, ge=1)
     max_filter_steps: int = Field(512, ge=1)
     filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")

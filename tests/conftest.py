@@ -34,7 +34,8 @@ def model_dir(trained_run) -> Path:
 
 
 def make_client(model_dir: Path, **settings) -> TestClient:
-    return TestClient(create_app(Settings(model_dir=model_dir, device="cpu", **settings)))
+    return TestClient(create_app(Settings(**{"model_dir": model_dir, "device": "cpu", "backend": "torchscript",
+                                              **settings})))
 
 
 @pytest.fixture(scope="session")

@@ -24,3 +24,9 @@ def encode(image: np.ndarray, fmt: str = "PNG", size: int | None = None, mode: s
 def face_bytes(expression: str = "happy", seed: int = 0, fmt: str = "PNG", size: int | None = None,
                mode: str = "L") -> bytes:
     return encode(face(expression, seed)[0], fmt, size, mode)
+
+
+def upload(*images: bytes, names=None) -> list:
+    """Multipart `files` fields for httpx / TestClient."""
+    return [("files", ((names or [f"{i}.png" for i in range(len(images))])[i], data, "application/octet-stream"))
+            for i, data in enumerate(images)]

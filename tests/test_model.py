@@ -6,11 +6,12 @@ import torchvision
 from torch import nn
 
 from training.augment import augment, random_erasing
-from training.model import build_model, build_resnet18, resolve_weights
+from service.runtime.architectures import build_model, resnet18
+from training.train import resolve_weights
 
 
 def test_layers_are_the_reports_resnet18():
-    net = build_resnet18()
+    net = resnet18(7)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(convs) == 20 and len(norms) == 20
@@ -26,7 +27,7 @@ def test_layers_are_the_reports_resnet18():
 @pytest.mark.parametrize("image_size", [48, 96])
 def test_every_layer_output_follows_the_convolution_arithmetic(image_size):
     """out = floor((W + 2P - K) / S) + 1 for every convolution and pooling layer."""
-    model = build_model(image_size).eval()
+    model = build_model("resnet18", image_size).eval()
     checked = []
 
     def check(module, inputs, output):
@@ -45,7 +46,7 @@ def test_every_layer_output_follows_the_convolution_arithmetic(image_size):
 
 
 def test_model_takes_uint8_grayscale_of_any_size_and_returns_probabilities():
-    model = build_model(48).eval()
+    model = build_model("resnet18", 48).eval()
     for height, width in ((48, 48), (100, 80)):
         with torch.no_grad():
             probabilities = model(torch.randint(0, 256, (3, 1, height, width), dtype=torch.uint8))
@@ -58,14 +59,14 @@ def test_imagenet_weights_missing_says_where_to_put_them(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth.*--weights none"):
         resolve_weights("imagenet")
     with pytest.raises(FileNotFoundError, match="not found"):
-        build_resnet18(str(tmp_path / "missing.pth"))
+        resolve_weights(str(tmp_path / "missing.pth"))
 
 
 def test_weights_from_a_state_dict_file(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    net = build_resnet18(str(path))
+    net = resnet18(7, resolve_weights(str(path)))
     assert torch.equal(net.conv1.weight, reference.conv1.weight)
     assert isinstance(net.fc[1], nn.Linear) and net.fc[1].out_features == 7
 

@@ -15,14 +15,9 @@ from schemas.labels import CLASSES
 from service.__main__ import main as service_main
 
 from .conftest import make_client
-from .images import face, face_bytes
+from .images import face, face_bytes, upload
 
 EXPRESSIONS = ["happy", "sad", "surprise", "angry", "fear", "disgust", "neutral"]
-
-
-def upload(*images: bytes, names=None):
-    return [("files", ((names or [f"{i}.png" for i in range(len(images))])[i], data, "application/octet-stream"))
-            for i, data in enumerate(images)]
 
 
 def metric_value(client, name: str, **labels) -> float:

@@ -10,11 +10,11 @@ from PIL import Image
 
 from schemas.labels import CLASSES
 from schemas.manifest import Manifest
-from service.artifacts import file_sha256, load_manifest
+from service.runtime.architectures import build_model
+from service.runtime.modeldir import file_sha256, load_manifest
 from training.__main__ import main as training_main
 from training.data import load_split
 from training.export import ExportError, export_onnx, verify_parity
-from training.model import build_model
 
 from .conftest import ROOT, make_client
 
@@ -52,8 +52,8 @@ def test_manifest_describes_and_hashes_the_artifacts(model_dir):
 
 def test_export_parity_holds_and_fails_loudly_when_broken(model_dir, tmp_path):
     images = load_split("synthetic:70", "val").images
-    state = torch.load(model_dir / "best.pt", weights_only=False)
-    model = build_model(32)
+    state = torch.load(model_dir / "best.pt", weights_only=True)
+    model = build_model("resnet18", 32)
     model.load_state_dict(state["model"])
     differences = verify_parity(model.eval(), model_dir, images)
     assert max(differences.values()) <= 1e-4
@@ -61,7 +61,8 @@ def test_export_parity_holds_and_fails_loudly_when_broken(model_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     shutil.copy(model_dir / "model.pt", broken / "model.pt")
-    export_onnx(build_model(32).eval(), images[:2].unsqueeze(1), broken / "model.onnx")  # other weights
+    shutil.copy(model_dir / "weights.safetensors", broken / "weights.safetensors")
+    export_onnx(build_model("resnet18", 32).eval(), images[:2].unsqueeze(1), broken / "model.onnx")  # other weights
     with pytest.raises(ExportError, match="onnx"):
         verify_parity(model.eval(), broken, images)
 
@@ -111,9 +112,9 @@ def test_evaluate_on_image_folders_in_non_canonical_order(model_dir, tmp_path, c
 
 
 def test_evaluate_with_test_time_augmentation(model_dir, capsys):
-    assert training_main(["evaluate", "--model", str(model_dir), "--data", "synthetic:3500", "--tta"]) == 0
+    assert training_main(["evaluate", "--model", str(model_dir), "--data", "synthetic:3500", "--tta", "crops"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["tta"] is True and result["accuracy"] > 0.5
+    assert result["tta"] == "crops" and result["accuracy"] > 0.5
 
 
 def test_resume_after_the_run_is_killed(tmp_path):
@@ -125,14 +126,19 @@ def test_resume_after_the_run_is_killed(tmp_path):
         time.sleep(0.02)
     process.kill()  # preempted right after its first checkpoint
     process.wait()
-    interrupted = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"]
+    interrupted = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"]
     assert interrupted < 2, "the run finished before it could be interrupted"
     assert training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--image-size", "32",
                           "--batch-size", "32", "--epochs", "3", "--resume"]) == 0
     history = json.loads((tmp_path / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
-    with pytest.raises(SystemExit, match="resume with --epochs 3"):
-        training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--epochs", "5", "--resume"])
+    with pytest.raises(SystemExit, match="--epochs 3 in the checkpoint, 5 now"):
+        training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--image-size", "32",
+                       "--batch-size", "32", "--epochs", "5", "--resume"])
+    with pytest.raises(SystemExit, match="--batch-size 32 in the checkpoint, 64 now; --mixup 0.0 in the checkpoint, "
+                                         "0.2 now"):
+        training_main(["train", "--out", str(tmp_path), "--data", "synthetic:1400", "--image-size", "32",
+                       "--batch-size", "64", "--epochs", "3", "--mixup", "0.2", "--resume"])
 
 
 def test_data_without_validation_split_holds_out_part_of_train(tmp_path):
@@ -142,7 +148,7 @@ def test_data_without_validation_split_holds_out_part_of_train(tmp_path):
     (tmp_path / "course.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
     assert training_main(["train", "--out", str(out), "--data", str(tmp_path / "course.csv"), "--epochs", "1",
-                          "--image-size", "32", "--val-fraction", "0.2"]) == 0
+                          "--image-size", "32", "--batch-size", "32", "--val-fraction", "0.2"]) == 0
     assert json.loads((out / "metrics.json").read_text())["samples"] == 28
 
 
@@ -162,3 +168,91 @@ def test_distributed_training_with_torchrun_on_cpu(tmp_path):
     manifest = load_manifest(tmp_path)
     assert manifest.training.world_size == 2
 
+
+
+# --- shipped weights ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shipped(model_dir, tmp_path_factory):
+    weights = tmp_path_factory.mktemp("shipped") / "fer.safetensors"
+    assert training_main(["export", "--checkpoint", str(model_dir / "best.pt"), "--out",
+                          str(tmp_path_factory.mktemp("exported")), "--save-weights", str(weights)]) == 0
+    return weights
+
+
+def test_export_from_shipped_weights_builds_a_verified_directory(shipped, model_dir, tmp_path):
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    assert card["sha256"] == file_sha256(shipped) and card["architecture"] == "resnet18"
+    assert shipped.stat().st_size < 25 * 1024 * 1024  # fp16
+    out = tmp_path / "from-weights"
+    assert training_main(["export", "--weights", str(shipped), "--out", str(out), "--data", "synthetic:350"]) == 0
+    manifest = load_manifest(out)
+    assert manifest.weights_source.sha256 == card["sha256"] and manifest.weights_source.file == str(shipped)
+    assert manifest.validation.accuracy == card["validation"]["accuracy"] and manifest.tta == card["tta"]
+    with make_client(out) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/model").json()["manifest"]["weights_source"]["sha256"] == card["sha256"]
+    # fp16 weights predict as the fp32 directory does, to the accuracy that matters
+    fp32 = json.loads(_evaluate(model_dir))
+    fp16 = json.loads(_evaluate(out))
+    assert abs(fp32["accuracy"] - fp16["accuracy"]) <= 0.01
+
+
+def _evaluate(model_dir):
+    result = subprocess.run([sys.executable, "-m", "training", "evaluate", "--model", str(model_dir), "--data",
+                             "synthetic:3500"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "tampered", "no card"])
+def test_bad_weights_file_stops_with_a_message_naming_it(shipped, tmp_path, capsys, damage):
+    weights = tmp_path / "fer.safetensors"
+    shutil.copy(shipped, weights)
+    shutil.copy(shipped.with_name("fer.card.json"), tmp_path / "fer.card.json")
+    data = bytearray(weights.read_bytes())
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "truncated":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "tampered":
+        data[-100] ^= 0x01
+        weights.write_bytes(bytes(data))
+    else:
+        (tmp_path / "fer.card.json").unlink()
+    assert training_main(["export", "--weights", str(weights), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    expected = {"missing": "weights file not found", "truncated": "truncated or was changed",
+                "tampered": "truncated or was changed", "no card": "model card of fer.safetensors is missing"}[damage]
+    assert "fer." in error and expected in error and "Traceback" not in error
+
+
+def test_too_small_a_data_set_is_a_clear_error(tmp_path, capsys):
+    faces = load_split("synthetic:14", "train")
+    rows = ["label,feature"] + [f"{label},{' '.join(map(str, image.flatten().tolist()))}"
+                                for image, label in zip(faces.images.numpy()[:1], faces.labels.tolist())]
+    (tmp_path / "one.csv").write_text("\n".join(rows) + "\n")
+    assert training_main(["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "one.csv")]) == 2
+    assert "fewer than one batch of 128" in capsys.readouterr().err
+    assert training_main(["train", "--out", str(tmp_path / "run"), "--data", "synthetic:100", "--batch-size",
+                          "200"]) == 2
+    assert "100 training image(s) is fewer than one batch of 200; use more data or a smaller --batch-size" \
+        in capsys.readouterr().err
+
+
+def test_precision_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path):
+    from training import train as train_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
+    assert train_module.resolve_precision("auto", cpu) == "fp32"
+    assert train_module.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
+    monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
+    assert train_module.resolve_precision("auto", cpu) == "bf16"
+    assert train_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    # the bf16 path itself runs on this CPU (emulated where it lacks the instructions) and is recorded
+    out = tmp_path / "bf16"
+    assert training_main(["train", "--out", str(out), "--data", "synthetic:140", "--epochs", "1", "--image-size",
+                          "32", "--batch-size", "32"]) == 0
+    training = load_manifest(out).training
+    assert (training.precision, training.channels_last) == ("bf16", True)

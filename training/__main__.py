@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from service.runtime.architectures import ARCHITECTURES
+from service.runtime.modeldir import ModelDirError
 from training.data import DataError
 
 
@@ -16,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default="synthetic",
                        help="synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
     train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="resnet18")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--image-size", type=int, default=48, help="side of the image the network sees")
     train.add_argument("--input-size", type=int, default=48, help="side the data is stored at (FER2013: 48)")
@@ -36,14 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1,
                        help="held out of train when the data has no val split")
-    train.add_argument("--tta", choices=["none", "flip"], default="none",
+    train.add_argument("--tta", choices=["none", "flip", "crops"], default="flip",
                        help="test-time augmentation recorded in the manifest and applied by evaluate and the service")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
 
-    export = commands.add_parser("export", help="export a checkpoint to verified TorchScript and ONNX")
-    export.add_argument("--checkpoint", required=True, type=Path)
+    export = commands.add_parser("export", help="build a verified model directory (TorchScript, ONNX, weights)")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint of `train` (best.pt)")
+    source.add_argument("--weights", type=Path, help="shipped fp16 NAME.safetensors, verified against NAME.card.json")
     export.add_argument("--out", required=True, type=Path)
-    export.add_argument("--data", help="where the parity check takes real images (default: the training data)")
+    export.add_argument("--data", help="where the parity check takes real images (default: the training data; "
+                                       "synthetic faces for --weights)")
+    export.add_argument("--tta", choices=["none", "flip", "crops"], help="override the recorded TTA (--checkpoint)")
+    export.add_argument("--explanations", type=int, metavar="N", default=0,
+                        help="measure every saliency method's faithfulness on N validation faces (--data)")
+    export.add_argument("--int8", action="store_true",
+                        help="also quantize the ONNX model to int8, calibrated on --data's validation faces; "
+                             "refused when it loses more than 0.5 points of accuracy there")
+    export.add_argument("--save-weights", type=Path, metavar="NAME.safetensors",
+                        help="also write the directory's weights as fp16 safetensors with their card, to ship")
     export.add_argument("--filters", action="store_true",
                         help="also precompute the default filter visualisations of every layer for the service")
 
@@ -53,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="val", choices=["train", "val", "test"])
     evaluate.add_argument("--backend", default="torchscript", choices=["torchscript", "onnx"])
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    evaluate.add_argument("--tta", action="store_true")
+    evaluate.add_argument("--tta", choices=["none", "flip", "crops"], help="default: the manifest's, as served")
     evaluate.add_argument("--plots", type=Path, help="write the confusion-matrix plot and metrics here")
+    evaluate.add_argument("--explanations", type=int, metavar="N", default=0,
+                          help="also measure every saliency method's faithfulness on N faces of the split")
     return parser
 
 
@@ -66,10 +82,31 @@ def main(argv: list[str] | None = None) -> int:
 
             train(args)
         elif args.command == "export":
-            from training.export import export_checkpoint, precompute_filters
+            from training.export import (
+                export_checkpoint,
+                export_weights,
+                measure_explanations,
+                precompute_filters,
+                save_shipped_weights,
+            )
 
-            manifest = export_checkpoint(args.checkpoint, args.out, args.data)
+            if args.weights:
+                manifest = export_weights(args.weights, args.out, args.data)
+            else:
+                manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta)
             print(f"exported model {manifest.version} to {args.out}")
+            if args.save_weights:
+                card = save_shipped_weights(args.out, args.save_weights)
+                print(f"wrote {args.save_weights} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}...)")
+            if args.int8:
+                from training.quantize import quantize_model_dir
+
+                info = quantize_model_dir(args.out, args.data or manifest.training.data)
+                print(f"int8 model: accuracy {info.accuracy_int8:.4f} against {info.accuracy_fp32:.4f} in fp32 "
+                      f"on {info.samples} {info.split} faces")
+            if args.explanations:
+                rows = measure_explanations(args.out, args.data or manifest.training.data, args.explanations)
+                print(f"measured the faithfulness of {len(rows)} saliency methods on {args.explanations} faces")
             if args.filters:
                 print(f"precomputed {precompute_filters(args.out)} filter visualisations in {args.out}/filters")
         else:
@@ -77,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
             result = evaluate_model_dir(args.model, args.data, args.split, args.backend, args.tta, args.device,
                                         plots=args.plots)
+            if args.explanations:
+                from training.export import measure_explanations
+
+                result["faithfulness"] = measure_explanations(args.model, args.data, args.explanations, store=False)
             print(json.dumps(result, indent=2))
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, FileNotFoundError, ModelDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

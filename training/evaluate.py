@@ -1,33 +1,30 @@
-"""Evaluate an exported model directory on a data split, through the same backends the service uses."""
+"""Evaluate an exported model directory on a data split, through the same backends and test-time augmentation
+the service uses."""
 
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from service.artifacts import load_manifest
-from service.backends import load_backend, resolve_device
+from service.runtime.backends import load_backend, resolve_device
+from service.runtime.modeldir import load_manifest
+from service.runtime.tta import predict_with_tta
 from training.data import load_split
 from training.metrics import confusion_json, confusion_matrix, summarize
 from training.plots import plot_confusion
 
 
 def evaluate_model_dir(model_dir: Path, data: str, split: str = "val", backend: str = "torchscript",
-                       tta: bool = False, device: str = "auto", batch_size: int = 256,
+                       tta: str | None = None, device: str = "auto", batch_size: int = 256,
                        plots: Path | None = None) -> dict:
+    """Metrics and confusion matrix; `tta` defaults to the manifest's, as the service applies it."""
     manifest = load_manifest(model_dir)
-    runner = load_backend(model_dir, manifest, backend, resolve_device(device))
+    runner, _ = load_backend(model_dir, manifest, backend, resolve_device(device))
+    tta = manifest.tta if tta is None else tta
     faces = load_split(data, split, manifest.input.height)
     images = faces.images.unsqueeze(1).numpy()
-    probabilities = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        probs = runner.predict(batch)
-        if tta:
-            probs = (probs + runner.predict(np.ascontiguousarray(batch[..., ::-1]))) / 2
-        probabilities.append(probs)
-    probs = torch.from_numpy(np.concatenate(probabilities))
+    probs = torch.cat([torch.from_numpy(predict_with_tta(runner.predict, images[start:start + batch_size], tta))
+                       for start in range(0, len(images), batch_size)])
     loss = float(torch.nn.functional.nll_loss(probs.clamp(min=1e-12).log(), faces.labels))
     confusion = confusion_matrix(faces.labels, probs.argmax(1))
     metrics = summarize(confusion, split=split, loss=loss, tta=tta)

@@ -1,4 +1,5 @@
-"""Export a trained model to TorchScript and ONNX, prove that both agree with it, write the manifest."""
+"""Export a trained model to TorchScript, ONNX and safetensors weights, prove that they agree with it, write the
+manifest. A model directory is built from a training checkpoint or from shipped fp16 weights with their card."""
 
 import datetime
 import importlib.metadata
@@ -8,17 +9,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from schemas.manifest import MANIFEST_FILE, EvaluationMetrics, InputSpec, Manifest, Preprocessing, TrainingConfig
-from service.artifacts import file_sha256, load_manifest
-from service.backends import load_torchscript
-from service.explain import Explainer
-from service.model import DEFAULT_FILTERS, FilterRequest, compute_filters, save_precomputed
-from training.data import has_split, load_split
-from training.model import MEAN, STD, FerNet, architecture_table, build_model
+from schemas.labels import CLASSES
+from schemas.manifest import (
+    MANIFEST_FILE,
+    ArtifactInfo,
+    EvaluationMetrics,
+    InputSpec,
+    Manifest,
+    Preprocessing,
+    TrainingConfig,
+    WeightsSource,
+)
+from service.runtime.architectures import MEAN, STD, FerNet, architecture_table, build_model
+from service.runtime.backends import load_torchscript
+from service.runtime.explain import Explainer
+from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, FilterStore, compute_filters
+from service.runtime.modeldir import file_sha256, load_eager_model, load_manifest
+from training.data import DataError, has_split, load_split
 
 TORCHSCRIPT_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"  # fp32, what the service rebuilds the eager model from for explanations
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
 # Files a run writes beside the models; each one present is hashed into the manifest under its role.
@@ -31,6 +45,10 @@ REPORT_FILES = {
 
 class ExportError(RuntimeError):
     """The exported models do not compute what the trained model computes."""
+
+
+class WeightsError(DataError):
+    """Shipped weights are missing, truncated, tampered with or do not fit their card."""
 
 
 def export_onnx(model: FerNet, example: torch.Tensor, path: Path) -> None:
@@ -49,16 +67,21 @@ def script(model: FerNet) -> torch.jit.ScriptModule:
 
 
 def verify_parity(model: FerNet, out: Path, images: torch.Tensor, tolerance: float = PARITY_TOLERANCE) -> dict:
-    """Max |difference| of probabilities between eager, TorchScript and ONNX Runtime on `images`."""
+    """Max |difference| of probabilities between eager, TorchScript, ONNX Runtime and the eager model rebuilt
+    from the safetensors weights, on `images`."""
     import onnxruntime
 
     batch = images.unsqueeze(1).contiguous()
     with torch.no_grad():
         eager = model(batch).numpy()
         scripted = load_torchscript(out / TORCHSCRIPT_FILE, torch.device("cpu"))(batch).numpy()
+        rebuilt = build_model(*_shape_of(model))
+        rebuilt.load_state_dict(load_file(out / WEIGHTS_FILE))
+        from_weights = rebuilt.eval()(batch).numpy()
     session = onnxruntime.InferenceSession(str(out / ONNX_FILE), providers=["CPUExecutionProvider"])
     onnx = session.run(None, {"images": batch.numpy()})[0]
-    differences = {"torchscript": float(np.abs(scripted - eager).max()), "onnx": float(np.abs(onnx - eager).max())}
+    differences = {"torchscript": float(np.abs(scripted - eager).max()), "onnx": float(np.abs(onnx - eager).max()),
+                   "weights": float(np.abs(from_weights - eager).max())}
     failing = {name: value for name, value in differences.items() if value > tolerance}
     if failing:
         raise ExportError(f"export parity failed on {len(batch)} images: max |probability difference| "
@@ -66,27 +89,34 @@ def verify_parity(model: FerNet, out: Path, images: torch.Tensor, tolerance: flo
     return differences
 
 
+def _shape_of(model: FerNet) -> tuple[str, int, int]:
+    return model.architecture, model.image_size, model.num_classes
+
+
 def export_model(model: FerNet, out: Path, config: TrainingConfig, input_size: int, sample_images: torch.Tensor,
-                 validation: EvaluationMetrics | None) -> Manifest:
-    """Write model.pt, model.onnx, architecture.json and manifest.json into `out`, verified."""
+                 validation: EvaluationMetrics | None, classes: list[str], tta: str = "none",
+                 weights_source: WeightsSource | None = None) -> Manifest:
+    """Write model.pt, model.onnx, weights.safetensors, architecture.json and manifest.json into `out`, verified."""
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, out / WEIGHTS_FILE)
     script(model).save(str(out / TORCHSCRIPT_FILE))
     export_onnx(model, sample_images[:2].unsqueeze(1), out / ONNX_FILE)
     differences = verify_parity(model, out, sample_images)
     print(f"export verified on {len(sample_images)} images: max |probability difference| {differences}")
     rows = architecture_table(model, input_size)
-    (out / REPORT_FILES["architecture"]).write_text(json.dumps([row.model_dump() for row in rows], indent=1))
+    (out / REPORT_FILES["architecture"]).write_text(json.dumps(rows, indent=1))
 
-    files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, **REPORT_FILES}
+    files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE, **REPORT_FILES}
     artifacts = {role: {"path": name, "sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
                  for role, name in files.items() if (out / name).is_file()}
     manifest = Manifest(
         version=artifacts["torchscript"]["sha256"][:12],
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        architecture=model.architecture, classes=list(classes),
         input=InputSpec(height=input_size, width=input_size),
-        preprocessing=Preprocessing(resize_to=config.image_size, mean=MEAN, std=STD),
-        training=config, validation=validation, artifacts=artifacts,
+        preprocessing=Preprocessing(resize_to=config.image_size, mean=MEAN, std=STD), tta=tta,
+        training=config, weights_source=weights_source, validation=validation, artifacts=artifacts,
         libraries=_library_versions("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu"),
     )
     (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
@@ -103,11 +133,19 @@ def _library_versions(*names: str) -> dict[str, str]:
     return versions
 
 
-def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> Manifest:
+def _sample_images(source: str, input_size: int) -> torch.Tensor:
+    """Real images for the parity check: the data's validation split where it has one."""
+    split = "val" if has_split(source, "val") else "train"
+    return load_split(source, split, input_size).images[:64]
+
+
+def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None, tta: str | None = None) -> Manifest:
     """The `export` command: a checkpoint of `train` to verified artifacts in `out`."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = TrainingConfig(**state["config"])
-    model = build_model(config.image_size)
+    # Checkpoints from before the architecture registry hold the report's ResNet18 over FER2013's classes.
+    architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
+    model = build_model(architecture, config.image_size, len(classes))
     model.load_state_dict(state["model"])
     metrics_file = checkpoint.parent / REPORT_FILES["metrics"]
     validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) if metrics_file.is_file() else None
@@ -116,19 +154,116 @@ def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None) -> M
             if (checkpoint.parent / name).is_file():
                 out.mkdir(parents=True, exist_ok=True)
                 (out / name).write_bytes((checkpoint.parent / name).read_bytes())
-    source = data or config.data
-    split = "val" if has_split(source, "val") else "train"
-    sample = load_split(source, split, state["input_size"]).images[:64]
-    return export_model(model, out, config, state["input_size"], sample, validation)
+    sample = _sample_images(data or config.data, state["input_size"])
+    return export_model(model, out, config, state["input_size"], sample, validation, classes,
+                        tta or (validation.tta if validation else config.tta))
+
+
+# --- shipped weights --------------------------------------------------------------------------------
+# The card beside `NAME.safetensors` is `NAME.card.json`: architecture, classes, input size, training config,
+# validation metrics, history, confusion matrix, TTA and the sha256 of the weights file it vouches for.
+
+def card_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".card.json")
+
+
+def save_shipped_weights(model_dir: Path, weights: Path) -> dict:
+    """fp16 safetensors of a model directory's weights, and its card (the figures of that directory)."""
+    manifest = load_manifest(model_dir)
+    state = load_file(model_dir / manifest.artifacts["weights"].path)
+    half = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file(half, weights)
+    read = lambda role, default: json.loads((model_dir / manifest.artifacts[role].path).read_text()) \
+        if role in manifest.artifacts else default  # noqa: E731
+    card = {"file": weights.name, "sha256": file_sha256(weights), "bytes": weights.stat().st_size,
+            "architecture": manifest.architecture, "classes": manifest.classes, "input_size": manifest.input.height,
+            "tta": manifest.tta, "training": manifest.training.model_dump(),
+            "validation": manifest.validation.model_dump() if manifest.validation else None,
+            "history": read("history", []), "confusion_matrix": read("confusion_matrix", None)}
+    card_path(weights).write_text(json.dumps(card, indent=1))
+    return card
+
+
+def load_shipped_weights(weights: Path) -> tuple[FerNet, dict]:
+    """The model and its card; WeightsError naming the file when either is missing, truncated or tampered."""
+    card_file = card_path(weights)
+    if not weights.is_file():
+        raise WeightsError(f"{weights}: weights file not found")
+    if not card_file.is_file():
+        raise WeightsError(f"{card_file}: the model card of {weights.name} is missing")
+    try:
+        card = json.loads(card_file.read_text())
+        expected = card["sha256"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise WeightsError(f"{card_file}: not a valid model card ({error})") from None
+    actual = file_sha256(weights)
+    if actual != expected:
+        raise WeightsError(f"{weights}: sha256 {actual[:16]}... differs from {expected[:16]}... in {card_file.name}: "
+                           "the file is truncated or was changed")
+    try:
+        state = {name: tensor.float() if tensor.is_floating_point() else tensor
+                 for name, tensor in load_file(weights).items()}
+        model = build_model(card["architecture"], card["training"]["image_size"], len(card["classes"]))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, KeyError) as error:
+        raise WeightsError(f"{weights}: cannot be loaded as {card.get('architecture')} ({error})") from None
+    return model.eval(), card
+
+
+def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifest:
+    """The `export --weights` command: a verified model directory from shipped weights and their card."""
+    model, card = load_shipped_weights(weights)
+    out.mkdir(parents=True, exist_ok=True)
+    for role, content in (("history", card["history"]), ("confusion_matrix", card["confusion_matrix"]),
+                          ("metrics", card["validation"])):
+        if content:
+            (out / REPORT_FILES[role]).write_text(json.dumps(content, indent=1))
+    if card["history"]:
+        from training.plots import plot_history
+
+        plot_history(card["history"], out / REPORT_FILES["history_plot"])
+    input_size = card["input_size"]
+    # Parity is checked on real faces when the data is at hand, else on the synthetic generator's.
+    sample = _sample_images(data, input_size) if data else load_split("synthetic:70", "val", input_size).images
+    validation = EvaluationMetrics(**card["validation"]) if card["validation"] else None
+    source = WeightsSource(file=str(weights), sha256=card["sha256"], model_card=str(card_path(weights)))
+    return export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation,
+                        card["classes"], card["tta"], source)
+
+
+FAITHFULNESS_FILE = "faithfulness.json"
+
+
+def measure_explanations(model_dir: Path, data: str, count: int, store: bool = True) -> list[dict]:
+    """The faithfulness table of every saliency method on `count` validation faces; with `store`, kept in the
+    directory (role `faithfulness`, so the manifest vouches for it and the service shows it)."""
+    from service.runtime.faithfulness import faithfulness_table
+
+    manifest = load_manifest(model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    explainer = Explainer(load_eager_model(model_dir, manifest, device), manifest.architecture, device)
+    split = "val" if has_split(data, "val") else "train"
+    images = load_split(data, split, manifest.input.height).images[:count].unsqueeze(1).to(device)
+    rows = faithfulness_table(explainer, images)
+    if not store:
+        return rows
+    path = Path(model_dir) / FAITHFULNESS_FILE
+    path.write_text(json.dumps({"data": data, "split": split, "rows": rows}, indent=1))
+    manifest.artifacts["faithfulness"] = ArtifactInfo(path=FAITHFULNESS_FILE, sha256=file_sha256(path),
+                                                      bytes=path.stat().st_size)
+    (Path(model_dir) / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return rows
 
 
 def precompute_filters(model_dir: Path) -> int:
     """Store the default filter visualisations of every convolution, so the service's first call is fast."""
     manifest = load_manifest(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    explainer = Explainer(load_torchscript(model_dir / manifest.artifacts["torchscript"].path, device), device)
+    explainer = Explainer(load_eager_model(model_dir, manifest, device), manifest.architecture, device)
+    store = FilterStore(model_dir, manifest.version, capacity=0)
     requests = [FilterRequest.make(explainer, "conv1", DEFAULT_FILTERS, "weights")]
     requests += [FilterRequest.make(explainer, layer, DEFAULT_FILTERS) for layer in explainer.layers]
     for request in requests:
-        save_precomputed(model_dir, manifest.version, request, compute_filters(explainer, request))
+        store.save(request, compute_filters(explainer, request))
     return len(requests)

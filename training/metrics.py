@@ -12,7 +12,7 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def summarize(confusion: torch.Tensor, split: str, loss: float | None = None, tta: bool = False,
+def summarize(confusion: torch.Tensor, split: str, loss: float | None = None, tta: str = "none",
               top_pairs: int = 5) -> EvaluationMetrics:
     cm = confusion.double()
     true_positive = cm.diag()

@@ -20,16 +20,38 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from schemas.labels import CLASSES
 from schemas.manifest import TrainingConfig
+from service.runtime.architectures import FerNet, build_model
+from service.runtime.tta import predict_with_tta
 from training import data as data_module
 from training.augment import augment
 from training.export import export_model
 from training.metrics import confusion_json, confusion_matrix, summarize
-from training.model import FerNet, build_model
 from training.plots import plot_confusion, plot_history
 
 CHECKPOINT_FILE = "checkpoint.pt"  # the last epoch, to resume
 BEST_FILE = "best.pt"  # the best epoch by validation accuracy, what is exported
+IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
+
+
+def imagenet_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+
+
+def resolve_weights(weights: str) -> Path | None:
+    """`none`, `imagenet` (torch hub cache) or a path to a backbone state dict; fails with what to do."""
+    if weights == "none":
+        return None
+    path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet weights not found at {path}. Nothing is downloaded at run time: copy torchvision's "
+            f"{IMAGENET_FILE} (ResNet18_Weights.IMAGENET1K_V1) to {imagenet_weights_path()} "
+            f"(TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}), pass its path to --weights, "
+            "or train from scratch with --weights none."
+        )
+    return path
 
 
 class _Logits(nn.Module):
@@ -144,17 +166,16 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
 
 @torch.no_grad()
 def evaluate(model: FerNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-             tta: bool = False) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """(mean loss, confusion matrix, probabilities); `tta` averages with the horizontally flipped image."""
+             tta: str = "none") -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(mean loss, confusion matrix, probabilities) in fp32, with the service's test-time augmentation."""
     model.eval()
-    probabilities = []
-    for index in torch.arange(len(labels), device=images.device).split(batch_size):
-        pixels = images[index].unsqueeze(1).float()
-        probs = torch.softmax(model.logits(pixels), 1)
-        if tta:
-            probs = (probs + torch.softmax(model.logits(pixels.flip(-1)), 1)) / 2
-        probabilities.append(probs)
-    probs = torch.cat(probabilities)
+
+    def predict(batch):
+        return torch.softmax(model.logits(torch.from_numpy(batch).to(images.device).float()), 1).cpu().numpy()
+
+    probabilities = [torch.from_numpy(predict_with_tta(predict, images[index].unsqueeze(1).cpu().numpy(), tta))
+                     for index in torch.arange(len(labels)).split(batch_size)]
+    probs = torch.cat(probabilities).to(labels.device)
     loss = F.nll_loss(probs.clamp(min=1e-12).log(), labels).item()
     return loss, confusion_matrix(labels, probs.argmax(1)), probs
 
@@ -192,7 +213,8 @@ def write_history(history: list[dict], out: Path) -> None:
 
 
 def training_config(args: argparse.Namespace, device: torch.device, world_size: int) -> TrainingConfig:
-    return TrainingConfig(data=args.data, epochs=args.epochs, image_size=args.image_size,
+    return TrainingConfig(data=args.data, architecture=args.architecture, epochs=args.epochs,
+                          image_size=args.image_size,
                           batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
                           cutmix=args.cutmix, ema_decay=args.ema_decay, weights=args.weights, seed=args.seed,
@@ -205,6 +227,7 @@ RESUMABLE_CHANGES = {"device", "world_size", "precision", "channels_last", "tta"
 
 
 def check_resume(saved: dict, config: TrainingConfig, path: Path) -> None:
+    saved = TrainingConfig(**saved).model_dump()  # settings added since take their defaults
     differences = [f"--{name.replace('_', '-')} {saved.get(name)!r} in the checkpoint, {value!r} now"
                    for name, value in config.model_dump().items()
                    if name not in RESUMABLE_CHANGES and saved.get(name) != value]
@@ -250,7 +273,7 @@ def train(args: argparse.Namespace) -> None:
     train_images, train_labels = train_data.images.to(device), train_data.labels.to(device)
     val_images, val_labels = val_data.images.to(device), val_data.labels.to(device)
 
-    model = build_model(args.image_size, args.weights).to(device)
+    model = build_model(args.architecture, args.image_size, len(CLASSES), resolve_weights(args.weights)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Weight EMA: evaluated every epoch and exported instead of the raw weights (BatchNorm statistics too).
@@ -303,7 +326,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
               f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{raw} | {row['seconds']:.1f}s")
         state = {"model": exported.state_dict(), "config": config.model_dump(), "input_size": args.input_size,
-                 "epoch": epoch, "val_accuracy": row["val_accuracy"]}
+                 "architecture": args.architecture, "classes": list(CLASSES), "epoch": epoch,
+                 "val_accuracy": row["val_accuracy"]}
         if row["val_accuracy"] > best_accuracy:
             best_accuracy = row["val_accuracy"]
             save_atomically(state, out / BEST_FILE)
@@ -327,15 +351,14 @@ def finish(out: Path, val_data: data_module.FaceData, device: torch.device, tta:
     """Evaluate the best checkpoint, write the report files, export and verify the artifacts."""
     best = torch.load(out / BEST_FILE, map_location=device, weights_only=True)
     config = TrainingConfig(**best["config"])
-    model = build_model(config.image_size).to(device)
+    model = build_model(best["architecture"], config.image_size, len(best["classes"])).to(device)
     model.load_state_dict(best["model"])
-    flip = tta == "flip"
-    loss, confusion, _ = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=flip)
-    metrics = summarize(confusion, split=val_data.split, loss=loss, tta=flip)
+    loss, confusion, _ = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
+    metrics = summarize(confusion, split=val_data.split, loss=loss, tta=tta)
     (out / "metrics.json").write_text(metrics.model_dump_json(indent=2))
     confusion_data = confusion_json(confusion)
     (out / "confusion_matrix.json").write_text(json.dumps(confusion_data, indent=2))
     plot_confusion(confusion_data, out / "confusion_matrix.png", title=f"{val_data.split} ({len(val_data)} images)")
-    manifest = export_model(model, out, config, best["input_size"], val_data.images[:64], metrics)
+    manifest = export_model(model, out, config, best["input_size"], val_data.images[:64], metrics, best["classes"], tta)
     print(f"validation accuracy {metrics.accuracy:.4f} (macro F1 {metrics.macro_f1:.4f}, tta={tta}); "
           f"exported {', '.join(sorted(manifest.artifacts))} to {out}")

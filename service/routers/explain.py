@@ -3,45 +3,67 @@ import time
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse, SaliencyMap, SaliencyResponse
-from schemas.labels import CLASSES
-from service.deps import Uploaded, get_images, get_model, get_settings
+from service.admission import ExplanationPool, Ticket
+from service.deps import Uploaded, explanation_ticket, get_images, get_model, get_pool, get_settings
 from service.imaging import grid, heatmap, overlay, png_bytes
-from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FerModel, FilterRequest
+from service.model import FerModel
+from service.runtime.explain import METHODS
+from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
 from service.routers.predict import ERRORS, IMAGES_BODY
 from service.settings import Settings
 
 router = APIRouter(tags=["explain"])
 PNG = {200: {"content": {"image/png": {}}, "description": "PNG image, or JSON with format=json"}}
+MethodName = Literal[tuple(METHODS)]  # the registry is the one list of methods
 
 
 @router.post("/saliency", response_model=SaliencyResponse, openapi_extra=IMAGES_BODY, responses={**ERRORS, **PNG})
-async def saliency(method: Literal["vanilla", "smoothgrad", "gradcam"] = "vanilla",
+async def saliency(request: Request, method: MethodName = Query("vanilla", description="; ".join(
+                       f"{name}: {m.description}" for name, m in METHODS.items())),
                    target: str | None = Query(None, description="Class name or index; default: the predicted class"),
+                   layer: str | None = Query(None, description="Layer for gradcam and guided_gradcam (e.g. "
+                                                               "layer3, layer4.1.conv2); default: layer4"),
                    format: Literal["png", "overlay", "json"] = "png",
                    scale: int = Query(4, ge=1, le=16, description="Enlargement of PNG tiles"),
-                   uploaded: Uploaded = Depends(get_images), model: FerModel = Depends(get_model)):
-    """Where the model looks: one map per image, computed as one batch. PNG tiles run left to right."""
-    target_index = _parse_target(target)
+                   ticket: Ticket = Depends(explanation_ticket), uploaded: Uploaded = Depends(get_images),
+                   model: FerModel = Depends(get_model), pool: ExplanationPool = Depends(get_pool),
+                   settings: Settings = Depends(get_settings)):
+    """Where the model looks: one map per image, computed as one batch. PNG tiles run left to right.
+
+    Admitted before its images are decoded (503 when the explanation slots are full); `GET /explanations` lists
+    the methods with their measured faithfulness."""
+    cost = METHODS[method].forward_passes(len(uploaded.images))
+    if cost > settings.max_explanation_passes:
+        raise HTTPException(422, f"{method} on {len(uploaded.images)} images costs {cost} forward passes, more "
+                                 f"than the budget of {settings.max_explanation_passes} per request: send fewer "
+                                 "images or use a cheaper method")
+    target_index = _parse_target(target, model.classes)
+    if layer is not None and not METHODS[method].uses_layer:
+        raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
+    if layer is not None:
+        _check_layer(model, layer)
     started = time.perf_counter()
-    maps, targets, probabilities = await run_in_threadpool(model.saliency, uploaded.images, method, target_index)
+    maps, targets, probabilities = await pool.run(ticket, request, model.saliency, uploaded.images, method,
+                                                  target_index, layer)
+    classes = model.classes
     model.metrics.images.labels("/saliency").inc(len(maps))
     predicted = probabilities.argmax(1).tolist()
     timing = {"decode": round(uploaded.decode_ms, 3), "explain": round((time.perf_counter() - started) * 1000, 3)}
     if format == "json":
         return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, maps=[
-            SaliencyMap(filename=name, target=CLASSES[t], target_index=t, predicted=CLASSES[p],
+            SaliencyMap(filename=name, target=classes[t], target_index=t, predicted=classes[p],
                         confidence=float(probabilities[i, p]), height=m.shape[0], width=m.shape[1],
                         saliency=m.round(decimals=4).tolist())
             for i, (name, m, t, p) in enumerate(zip(uploaded.filenames, maps.numpy(), targets.tolist(), predicted))])
     content = await run_in_threadpool(_saliency_png, uploaded.images, maps.numpy(), format == "overlay", scale)
     return Response(content, media_type="image/png", headers={
-        "X-Targets": ",".join(CLASSES[t] for t in targets.tolist()),
-        "X-Predicted": ",".join(CLASSES[p] for p in predicted)})
+        "X-Targets": ",".join(classes[t] for t in targets.tolist()),
+        "X-Predicted": ",".join(classes[p] for p in predicted)})
 
 
 def _saliency_png(images: np.ndarray, maps: np.ndarray, over_input: bool, scale: int) -> bytes:
@@ -49,16 +71,24 @@ def _saliency_png(images: np.ndarray, maps: np.ndarray, over_input: bool, scale:
     return png_bytes(grid(tiles, columns=len(tiles), scale=scale))
 
 
-def _parse_target(target: str | None) -> int | None:
+def _parse_target(target: str | None, classes: list[str]) -> int | None:
     if target is None:
         return None
     name = target.strip().lower()
-    if name in CLASSES:
-        return CLASSES.index(name)
-    if name.isdigit() and int(name) < len(CLASSES):
+    if name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < len(classes):
         return int(name)
-    raise HTTPException(422, f"unknown target {target!r}: expected a class name ({', '.join(CLASSES)}) "
-                             f"or an index 0-{len(CLASSES) - 1}")
+    raise HTTPException(422, f"unknown target {target!r}: expected a class name ({', '.join(classes)}) "
+                             f"or an index 0-{len(classes) - 1}")
+
+
+def _check_layer(model: FerModel, layer: str) -> None:
+    try:
+        model.explainer.module(layer)
+    except KeyError:
+        raise HTTPException(422, f"unknown layer {layer!r}: expected a module of the network such as "
+                                 f"{model.explainer.default_layer} or {next(reversed(model.explainer.layers))}") from None
 
 
 @router.get("/filters", response_model=LayersResponse)
@@ -70,7 +100,7 @@ async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
 
 
 @router.get("/filters/{layer}", response_model=FiltersResponse, responses={**ERRORS, **PNG})
-async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
+async def filters(request: Request, layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
                   filters: str = Query(f"{DEFAULT_FILTERS[0]}-{DEFAULT_FILTERS[-1]}", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
                   mode: Literal["activation", "weights"] = "activation",
                   steps: int = Query(DEFAULT_STEPS, ge=1, description="Gradient-ascent steps"),
@@ -78,7 +108,8 @@ async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, lay
                   format: Literal["png", "json"] = "png",
                   scale: int = Query(2, ge=1, le=16, description="Enlargement of PNG tiles"),
                   columns: int = Query(8, ge=1, le=64),
-                  model: FerModel = Depends(get_model), settings: Settings = Depends(get_settings)):
+                  model: FerModel = Depends(get_model), settings: Settings = Depends(get_settings),
+                  pool: ExplanationPool = Depends(get_pool)):
     """The inputs that most activate each filter (gradient ascent), or conv1's raw kernels (mode=weights)."""
     conv = model.explainer.layers.get(layer)
     if conv is None:
@@ -88,10 +119,19 @@ async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, lay
     if steps > settings.max_filter_steps:
         raise HTTPException(400, f"steps={steps} exceeds the limit of {settings.max_filter_steps}")
     indices = _parse_filters(filters, conv.weight.shape[0], layer, settings.max_filters_per_request)
-    request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
-    result, cached = await run_in_threadpool(model.filters, request)
+    filter_request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
+    result = await run_in_threadpool(model.cached_filters, filter_request)
+    cached = result is not None
+    if not cached:
+        if filter_request.cost() > settings.max_filter_cost:
+            raise HTTPException(422, f"{len(indices)} filters x {steps} steps x {size}^2 pixels = "
+                                     f"{filter_request.cost()} exceeds the budget of {settings.max_filter_cost} "
+                                     "per request: ask for fewer filters, steps or a smaller size")
+        with pool.admitted() as ticket:
+            result = await pool.run(ticket, request, model.filters, filter_request)
     if format == "json":
-        return FiltersResponse(layer=layer, mode=mode, steps=request.steps, size=request.size, cached=cached, filters=[
+        return FiltersResponse(layer=layer, mode=mode, steps=filter_request.steps, size=filter_request.size,
+                               cached=cached, filters=[
             FilterImage(filter=index, activation=float(activation), image=image.round(decimals=4).tolist())
             for index, image, activation in zip(indices, result.images, result.activations)])
     tiles = [(image * 255).astype(np.uint8) for image in result.images]

@@ -1,6 +1,6 @@
 from fastapi import APIRouter, Depends
 
-from schemas.api import ModelReport
+from schemas.api import ExplanationMethods, ModelReport
 from service.deps import get_model
 from service.model import FerModel
 
@@ -9,7 +9,11 @@ router = APIRouter(tags=["model"])
 
 @router.get("/model", response_model=ModelReport)
 async def model_report(model: FerModel = Depends(get_model)) -> ModelReport:
-    """Manifest, architecture table, training history and confusion matrix of the served model."""
-    architecture, history, confusion = model.report()
-    return ModelReport(model=model.info(), manifest=model.manifest, architecture=architecture, history=history,
-                       confusion_matrix=confusion)
+    """Manifest, architecture table, training history, confusion matrix and the explanations' faithfulness."""
+    return model.report()
+
+
+@router.get("/explanations", response_model=ExplanationMethods)
+async def explanation_methods(model: FerModel = Depends(get_model)) -> ExplanationMethods:
+    """The saliency methods, each with its measured faithfulness and whether it passes the sanity check."""
+    return ExplanationMethods(methods=model.explanation_methods())

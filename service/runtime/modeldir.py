@@ -4,9 +4,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
 from schemas.manifest import MANIFEST_FILE, Manifest
+from service.runtime.architectures import FerNet, build_model
 
 
 class ModelDirError(RuntimeError):
@@ -44,3 +47,19 @@ def read_json(model_dir: Path, manifest: Manifest, role: str, default):
     """A report file (history, confusion matrix, architecture) when the run exported it."""
     artifact = manifest.artifacts.get(role)
     return json.loads((Path(model_dir) / artifact.path).read_text()) if artifact else default
+
+
+def load_eager_model(model_dir: Path, manifest: Manifest, device: torch.device) -> FerNet:
+    """The network rebuilt by name from the registry with the directory's verified fp32 weights, frozen: hooks
+    work on it and explanations take gradients with respect to their inputs only."""
+    weights = manifest.artifacts.get("weights")
+    if weights is None:
+        raise ModelDirError(f"{model_dir}: the manifest lists no `weights` artifact (re-export the model)")
+    model = build_model(manifest.architecture, manifest.preprocessing.resize_to, len(manifest.classes))
+    try:
+        model.load_state_dict(load_file(Path(model_dir) / weights.path))
+    except RuntimeError as error:
+        raise ModelDirError(f"{Path(model_dir) / weights.path} does not fit {manifest.architecture} with "
+                            f"{len(manifest.classes)} classes: {error}") from None
+    model.requires_grad_(False)
+    return model.to(device).eval()

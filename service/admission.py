@@ -1,0 +1,96 @@
+"""Admission control for explanation work (saliency maps, uncached filter visualisations).
+
+Explanations run on an executor of their own, so they never take the threads that decode /predict's images.
+At most `workers` run and `max_waiting` wait; a request beyond that is answered 503 before its images are
+decoded. Each admitted request gets a cancellation event, set when its client disconnects or the service
+starts draining: work that has not started is dropped, and running work stops at its next forward pass.
+"""
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from starlette.requests import Request
+
+from service.runtime.explain import Cancelled
+
+T = TypeVar("T")
+
+
+class Busy(RuntimeError):
+    """Every explanation slot is taken; the client should retry later."""
+
+
+class Draining(RuntimeError):
+    """The service is shutting down and takes no new explanation work."""
+
+
+class Ticket:
+    """An admitted request's place: its cancellation event."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+
+
+class ExplanationPool:
+    def __init__(self, workers: int, max_waiting: int, disconnect_poll_s: float = 0.25):
+        self.capacity = workers + max_waiting
+        self.disconnect_poll_s = disconnect_poll_s
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain")
+        self._tickets: set[Ticket] = set()
+        self._draining = False
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[Ticket]:
+        """A place for one request for as long as the block runs, or Busy / Draining at once."""
+        if self._draining:
+            raise Draining("the service is shutting down")
+        if len(self._tickets) >= self.capacity:
+            raise Busy(f"{len(self._tickets)} explanation requests are running or waiting (limit {self.capacity})")
+        ticket = Ticket()
+        self._tickets.add(ticket)
+        try:
+            yield ticket
+        finally:
+            self._tickets.discard(ticket)
+
+    async def run(self, ticket: Ticket, request: Request | None, work: Callable[..., T], *args) -> T:
+        """`work(*args, cancel=ticket.cancel)` on the pool; cancelled when `request`'s client disconnects.
+        Raises Cancelled (client gone) or Draining (shutdown) instead of a result."""
+        def guarded():
+            if ticket.cancel.is_set():  # dropped before it started
+                raise Cancelled("cancelled before it started")
+            return work(*args, cancel=ticket.cancel)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, guarded)
+        watcher = asyncio.create_task(self._watch(request, ticket)) if request is not None else None
+        try:
+            return await future
+        except Cancelled:
+            if self._draining:
+                raise Draining("the service is shutting down") from None
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _watch(self, request: Request, ticket: Ticket) -> None:
+        while not ticket.cancel.is_set():
+            if await request.is_disconnected():
+                ticket.cancel.set()
+                return
+            await asyncio.sleep(self.disconnect_poll_s)
+
+    def drain(self) -> None:
+        """At SIGTERM: refuse new work, cancel queued and running work (it stops at its next forward pass)."""
+        self._draining = True
+        for ticket in list(self._tickets):
+            ticket.cancel.set()
+
+    def close(self) -> None:
+        """Drain, then wait for the workers, which finish quickly once cancelled."""
+        self.drain()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,137 @@
+"""Inference backends: each turns a uint8 batch (N x 1 x H x W) into probabilities (N x classes).
+
+`load_backend(..., "auto")` measures every backend that can run here on the model's own input and keeps the
+fastest; an explicit name always wins.
+"""
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from schemas.manifest import Manifest
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def predict(self, images: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda was asked for, but no CUDA device is available (use auto or cpu)")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; it is our artifact format
+        model = torch.jit.load(str(path), map_location=device)
+    return model.eval()
+
+
+class TorchScriptBackend:
+    name = "torchscript"
+
+    def __init__(self, path: Path, device: torch.device, half: bool = False):
+        if half and device.type != "cuda":
+            raise RuntimeError("half precision is only offered on CUDA")
+        self.model = load_torchscript(path, device)
+        self.half = half
+        if half:
+            self.model.half()
+        self.torch_device = device
+        self.device = str(device) + (" (fp16)" if half else "")
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(images).to(self.torch_device, non_blocking=True)
+        if self.half:
+            probabilities = torch.softmax(self.model.logits(batch.half()).float(), dim=1)
+        else:
+            probabilities = self.model(batch)
+        return probabilities.cpu().numpy()
+
+
+class OnnxBackend:
+    """ONNX Runtime, with the CUDA provider where onnxruntime-gpu is installed and CUDA was asked for."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, device: torch.device):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise RuntimeError("backend onnx needs onnxruntime: pip install '.[cpu]' (or '.[gpu]')") from None
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch's
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        active = self.session.get_providers()[0]
+        self.device = "cuda" if active == "CUDAExecutionProvider" else "cpu"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"images": np.ascontiguousarray(images)})[0]
+
+
+def _torchscript(model_dir: Path, manifest: Manifest, device: torch.device, precision: str) -> Backend:
+    if precision == "int8":
+        raise RuntimeError("int8 is served by the onnx backend")
+    return TorchScriptBackend(Path(model_dir) / manifest.artifacts["torchscript"].path, device, precision == "fp16")
+
+
+def _onnx(model_dir: Path, manifest: Manifest, device: torch.device, precision: str) -> Backend:
+    if precision == "fp16":
+        raise RuntimeError("fp16 is offered by the torchscript backend only")
+    role = "onnx_int8" if precision == "int8" else "onnx"
+    if role not in manifest.artifacts:
+        raise RuntimeError(f"{model_dir} has no int8 model: export it with `python -m training export ... --int8`")
+    backend = OnnxBackend(Path(model_dir) / manifest.artifacts[role].path, device)
+    backend.device += " (int8)" if precision == "int8" else ""
+    return backend
+
+
+BACKENDS: dict[str, Callable[[Path, Manifest, torch.device, str], Backend]] = {
+    "torchscript": _torchscript, "onnx": _onnx}
+
+
+def throughput(backend: Backend, manifest: Manifest, batch: int, seconds: float = 0.5) -> float:
+    """Images per second of `backend` on zero images of the model's input shape, after one warm-up call."""
+    images = np.zeros((batch, 1, manifest.input.height, manifest.input.width), dtype=np.uint8)
+    backend.predict(images)
+    calls, started = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - started < seconds:
+        backend.predict(images)
+        calls += 1
+    return calls * batch / (time.perf_counter() - started)
+
+
+def load_backend(model_dir: Path, manifest: Manifest, name: str, device: torch.device, precision: str = "fp32",
+                 batch: int = 64) -> tuple[Backend, dict[str, float]]:
+    """The named backend, or with `auto` the fastest here that offers `precision` (fp32, fp16 on CUDA, int8);
+    and the measured images/s of each (auto only)."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}: expected auto or one of {', '.join(BACKENDS)}")
+        return BACKENDS[name](model_dir, manifest, device, precision), {}
+    candidates, measured = {}, {}
+    for candidate, load in BACKENDS.items():
+        try:
+            candidates[candidate] = load(model_dir, manifest, device, precision)
+        except RuntimeError:  # not installed here, or not offered with these options
+            continue
+        measured[candidate] = round(throughput(candidates[candidate], manifest, batch), 1)
+    if not measured:
+        raise RuntimeError(f"no backend here serves precision {precision}")
+    fastest = max(measured, key=measured.get)
+    return candidates[fastest], measured

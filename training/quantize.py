@@ -1,0 +1,78 @@
+"""An int8 ONNX artifact: static quantization with ONNX Runtime's tools, calibrated on validation faces, kept
+only when it stays within `MAX_ACCURACY_DROP` of the fp32 model on the same split."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from schemas.manifest import MANIFEST_FILE, ArtifactInfo, QuantizationInfo
+from service.runtime.modeldir import file_sha256, load_manifest
+from training.data import DataError, has_split, load_split
+
+INT8_FILE = "model.int8.onnx"
+MAX_ACCURACY_DROP = 0.005  # 0.5 points
+CALIBRATION_BATCH = 32
+
+
+class QuantizationRefused(DataError):
+    """The int8 model loses too much accuracy to be exported."""
+
+
+class _Faces(CalibrationDataReader):
+    def __init__(self, images: np.ndarray):
+        self.batches = iter([{"images": images[i:i + CALIBRATION_BATCH]}
+                             for i in range(0, len(images), CALIBRATION_BATCH)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def _accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    predicted = np.concatenate([session.run(None, {"images": images[i:i + 256]})[0].argmax(1)
+                                for i in range(0, len(images), 256)])
+    return float((predicted == labels).mean())
+
+
+def quantize_model_dir(model_dir: Path, data: str, calibration_images: int = 512) -> QuantizationInfo:
+    """Write model.int8.onnx beside model.onnx and record it (sha256, accuracies) in the manifest; raise
+    QuantizationRefused when it loses more than 0.5 points on the split (val where the data has one)."""
+    model_dir = Path(model_dir)
+    manifest = load_manifest(model_dir)
+    split = "val" if has_split(data, "val") else "train"
+    faces = load_split(data, split, manifest.input.height)
+    images, labels = faces.images.unsqueeze(1).numpy(), faces.labels.numpy()
+    # Calibrate on a spread of the split (every k-th face), then judge on the whole split.
+    calibration = images[:: max(1, len(images) // calibration_images)][:calibration_images]
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(model_dir / manifest.artifacts["onnx"].path), str(prepared))
+        quantize_static(str(prepared), str(model_dir / INT8_FILE), _Faces(calibration),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": 99.99})
+    fp32 = _accuracy(model_dir / manifest.artifacts["onnx"].path, images, labels)
+    int8 = _accuracy(model_dir / INT8_FILE, images, labels)
+    info = QuantizationInfo(split=split, samples=len(labels), calibration_images=len(calibration),
+                            accuracy_fp32=fp32, accuracy_int8=int8)
+    if fp32 - int8 > MAX_ACCURACY_DROP:
+        (model_dir / INT8_FILE).unlink()
+        raise QuantizationRefused(f"int8 model refused: {int8:.4f} accuracy on {data} {split} against {fp32:.4f} "
+                                  f"in fp32, a drop of more than {MAX_ACCURACY_DROP * 100:.1f} points")
+    path = model_dir / INT8_FILE
+    manifest.artifacts["onnx_int8"] = ArtifactInfo(path=INT8_FILE, sha256=file_sha256(path),
+                                                   bytes=path.stat().st_size)
+    manifest.quantization = info
+    (model_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    return info
