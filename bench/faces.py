@@ -1,0 +1,127 @@
+"""`python -m bench.faces [--model DIR] [--scenes N]`: the face detectors compared on composite scenes.
+
+For each detector and face source (FER2013 validation faces where `../shared/data/fer2013` exists, the
+procedural faces always): recall and precision at IoU >= 0.5 for faces of 48 px and more, ms per scene and,
+with `--model`, the share of found faces whose predicted label equals the label predicted on the original
+48x48 crop. Then the detectors on the real photographs scikit-image ships. Prints a table per part.
+"""
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from service.artifacts import load_manifest
+from service.backends import load_backend
+from service.runtime.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
+from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthetic_source
+
+MIN_GT_FACE = 48
+MATCH_IOU = 0.5
+# Real photographs inside scikit-image, and how many faces each holds (chelsea is a cat).
+PHOTOS = {"astronaut": 1, "camera": 0, "coffee": 0, "chelsea": 0}
+
+
+@dataclass
+class SceneScore:
+    faces: int = 0
+    found: int = 0
+    detections: int = 0
+    agreed: int = 0
+    seconds: float = 0.0
+
+
+def match(truth: list[tuple[int, int, int, int]], found: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+    """Pairs (truth index, found index) matched greedily by IoU >= 0.5, each side used once."""
+    pairs = sorted(((iou(t, f), i, j) for i, t in enumerate(truth) for j, f in enumerate(found)), reverse=True)
+    used_truth, used_found, matched = set(), set(), []
+    for overlap, i, j in pairs:
+        if overlap >= MATCH_IOU and i not in used_truth and j not in used_found:
+            used_truth.add(i), used_found.add(j), matched.append((i, j))
+    return matched
+
+
+def score_detector(detector, scenes: list[Scene], model, margin: float, min_face: int) -> SceneScore:
+    score = SceneScore()
+    for scene in scenes:
+        started = time.perf_counter()
+        faces, _ = detect_faces(scene.image, detector, min_face=min_face)
+        score.seconds += time.perf_counter() - started
+        truth = [face for face in scene.faces if face.box[2] >= MIN_GT_FACE]
+        matched = match([face.box for face in truth], [face.box for face in faces])
+        score.faces += len(truth)
+        score.found += len(matched)
+        score.detections += len(faces)
+        if model is not None and matched:
+            grey = np.asarray(Image.fromarray(scene.image).convert("L"))  # as the service decodes uploads
+            crops = np.stack([crop_face(grey, faces[j], 48, margin) for _, j in matched])
+            originals = np.stack([truth[i].crop for i, _ in matched])
+            predicted = model.predict(np.concatenate([crops, originals])[:, None]).argmax(1)
+            score.agreed += int((predicted[:len(matched)] == predicted[len(matched):]).sum())
+    return score
+
+
+def photos_table(detectors: dict, min_face: int) -> None:
+    try:
+        import skimage.data
+    except ImportError:
+        print("\nscikit-image is not installed: no real photographs (pip install scikit-image)")
+        return
+    print(f"\nReal photographs (scikit-image), faces >= {min_face} px")
+    print("| detector | photo | faces there | found | boxes (x, y, w, h: score) | ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, detector in detectors.items():
+        for photo, expected in PHOTOS.items():
+            image = getattr(skimage.data, photo)()
+            started = time.perf_counter()
+            faces, _ = detect_faces(image, detector, min_face=min_face)
+            ms = 1000 * (time.perf_counter() - started)
+            boxes = "; ".join(f"{face.box}: {face.score:.2f}" for face in faces) or "-"
+            print(f"| {name} | {photo} | {expected} | {len(faces)} | {boxes} | {ms:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.faces", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a model directory made by `python -m training`")
+    parser.add_argument("--scenes", type=int, default=100, help="composite scenes per face source")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (MTCNN and the model)")
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
+    parser.add_argument("--min-face", type=int, default=40, help="smallest face the detectors report, px")
+    parser.add_argument("--margin", type=float, default=0.0, help="crop margin for the label agreement")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model = None
+    if args.model:
+        model = load_backend(args.model, load_manifest(args.model), "torchscript", torch.device("cpu"))
+    detectors = {name: make_detector(name) for name in args.detectors}
+    sources = [synthetic_source()]
+    if FER2013_VAL.is_dir():
+        sources.insert(0, fer2013_source())
+    else:
+        print(f"FER2013 is not at {FER2013_VAL}: procedural faces only")
+
+    print(f"Composite scenes: {args.scenes} per source (640x480, 0-6 faces of 48-160 px, +-10 degrees), seed "
+          f"{args.seed}; IoU >= {MATCH_IOU}; detectors report faces >= {args.min_face} px; torch threads "
+          f"{torch.get_num_threads()}")
+    print("| faces | detector | faces there | recall | precision | label agreement | ms per scene |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for source in sources:
+        scenes = make_scenes(args.scenes, source, seed=args.seed)
+        for name, detector in detectors.items():
+            score = score_detector(detector, scenes, model, args.margin, args.min_face)
+            agreement = f"{score.agreed / score.found:.1%}" if model is not None and score.found else "-"
+            print(f"| {source.name} | {name} | {score.faces} | {score.found / max(1, score.faces):.3f} | "
+                  f"{score.found / max(1, score.detections):.3f} | {agreement} | "
+                  f"{1000 * score.seconds / len(scenes):.0f} |", flush=True)
+    photos_table(detectors, args.min_face)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
