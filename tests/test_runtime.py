@@ -53,7 +53,7 @@ def _reference_vanilla(model, faces, targets):
 def _reference_gradcam(model, faces, targets):
     net, features = model.net, {}
     handle = net.layer4.register_forward_hook(lambda module, inputs, output: features.update(out=output))
-    logits = net(model.preprocess(faces.float()))
+    logits = net(model.preprocess(faces.float()).requires_grad_(True))  # the weights are frozen
     handle.remove()
     (gradient,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), features["out"])
     cam = F.relu((gradient.mean((2, 3), keepdim=True) * features["out"]).sum(1, keepdim=True))
