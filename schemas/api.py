@@ -27,6 +27,11 @@ class ModelInfo(BaseModel):
     device: str
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready", "draining"]
+    model: ModelInfo | None = None
+
+
 class ClassProbability(BaseModel):
     label: str
     probability: float

@@ -1,14 +1,18 @@
 """The app factory: settings in, FastAPI app out; the model is loaded and warmed up at start."""
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from service.batching import DynamicBatcher
+from service.errors import install_error_handlers, install_openapi
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import FerModel
 from service.routers import explain, health, model, predict
+from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
 
@@ -18,6 +22,7 @@ logger = logging.getLogger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    api_keys = ApiKeys.from_settings(settings)  # a missing or empty key file stops the start here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -34,12 +39,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.close()
         logger.info("drained and stopped")
 
-    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
                   description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and filter views.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.api_keys = api_keys
+    app.state.draining = threading.Event()  # set by the server on SIGTERM: /readyz turns 503 at once
+    app.state.decode_slots = threading.BoundedSemaphore(settings.max_decodes_in_flight)
     for router in (predict.router, explain.router, model.router, health.router):
         app.include_router(router)
+    install_error_handlers(app)
+    install_openapi(app, keys_required=api_keys.enabled, metrics_open=not settings.metrics_require_key)
+    # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                           expose_headers=["X-Targets", "X-Predicted", "X-Cache", "X-Filters", "Retry-After"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse, SaliencyMap, SaliencyResponse
 from schemas.labels import CLASSES
 from service.deps import Uploaded, get_images, get_model, get_settings
-from service.imaging import grid, heatmap, overlay, png_bytes
+from service.imaging import excerpt, grid, heatmap, overlay, png_bytes
 from service.model import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FerModel, FilterRequest
 from service.routers.predict import ERRORS, IMAGES_BODY
 from service.settings import Settings
@@ -55,13 +55,13 @@ def _parse_target(target: str | None) -> int | None:
     name = target.strip().lower()
     if name in CLASSES:
         return CLASSES.index(name)
-    if name.isdigit() and int(name) < len(CLASSES):
+    if re.fullmatch(r"[0-9]{1,2}", name) and int(name) < len(CLASSES):  # ASCII digits only: str.isdigit takes '²'
         return int(name)
-    raise HTTPException(422, f"unknown target {target!r}: expected a class name ({', '.join(CLASSES)}) "
-                             f"or an index 0-{len(CLASSES) - 1}")
+    raise HTTPException(422, f"query parameter `target`: unknown target {excerpt(target, 40)!r}: expected a class "
+                             f"name ({', '.join(CLASSES)}) or an index 0-{len(CLASSES) - 1}")
 
 
-@router.get("/filters", response_model=LayersResponse)
+@router.get("/filters", response_model=LayersResponse, responses={503: ERRORS[503]})
 async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
     """The convolution layers whose filters can be shown, by the network's own module names."""
     return LayersResponse(layers=[
@@ -99,18 +99,25 @@ async def filters(layer: str = Path(description="e.g. conv1, layer1.0.conv1, lay
     return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
 
 
+FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters
+
+
 def _parse_filters(text: str, count: int, layer: str, limit: int) -> tuple[int, ...]:
     indices: list[int] = []
+    quoted = excerpt(text, 40)
     for part in text.replace(" ", "").split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        match = FILTERS_PART.fullmatch(part)
         if not match:
-            raise HTTPException(400, f"filters={text!r}: expected indices and ranges such as 0-15 or 0,3,8-11")
+            raise HTTPException(422, f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
+                                     "0-15 or 0,3,8-11")
         first, last = int(match[1]), int(match[2] or match[1])
         if last < first:
-            raise HTTPException(400, f"filters={text!r}: range {part} runs backwards")
+            raise HTTPException(422, f"query parameter `filters`: range {part} runs backwards")
         if last >= count:
-            raise HTTPException(400, f"filter index {last} out of range: {layer} has filters 0-{count - 1}")
+            raise HTTPException(422, f"query parameter `filters`: filter index {last} out of range: {layer} has "
+                                     f"filters 0-{count - 1}")
         if len(indices) + last - first + 1 > limit:
-            raise HTTPException(400, f"filters={text!r} asks for more than {limit} filters in one request")
+            raise HTTPException(422, f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
+                                     "in one request")
         indices.extend(range(first, last + 1))
     return tuple(indices)
