@@ -10,7 +10,7 @@ import uvicorn
 from service.app import create_app
 from service.artifacts import ModelDirError, load_manifest
 from service.security import KeyFileError
-from service.server import DrainingServer, connection_cap, guarded_protocol, quiet_flood_logs
+from service.server import ACCEPT_BACKLOG, DrainingServer, connection_cap, guarded_protocol, quiet_flood_logs
 from service.settings import Settings
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
                                 connection_cap(settings.max_connections))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            http=protocol, timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+                            http=protocol, backlog=ACCEPT_BACKLOG, timeout_graceful_shutdown=int(settings.graceful_timeout_s))
     quiet_flood_logs()  # after uvicorn's logging set-up
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; by then the stop is a clean one.
     signal.signal(signal.SIGTERM, _exit_after_drain)

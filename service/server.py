@@ -30,7 +30,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("service")
 
-DESCRIPTOR_RESERVE = 128  # descriptors kept for the process itself: model files, spooled uploads, logs
+DESCRIPTOR_RESERVE = 64  # descriptors kept for the process itself: model files, spooled uploads, logs
+# The listen queue, and so the most connections asyncio accepts in one go before the protocol sees any of them:
+# the descriptor budget has to hold that burst on top of the cap.
+ACCEPT_BACKLOG = 64
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
            b"connection: close\r\ncontent-length: 46\r\n\r\n{\"detail\": \"too many connections, retry later\"}")
 HEADER_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -116,7 +119,7 @@ def connection_cap(wanted: int) -> int:
     already has open plus a reserve. Raises the soft limit towards the hard one first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     open_now = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
-    needed = wanted + open_now + DESCRIPTOR_RESERVE
+    needed = wanted + open_now + DESCRIPTOR_RESERVE + ACCEPT_BACKLOG
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
@@ -126,7 +129,7 @@ def connection_cap(wanted: int) -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return wanted
-    cap = max(1, min(wanted, soft - open_now - DESCRIPTOR_RESERVE))
+    cap = max(1, min(wanted, soft - open_now - DESCRIPTOR_RESERVE - ACCEPT_BACKLOG))
     if cap < wanted:
         logger.warning("at most %d connections (FER_MAX_CONNECTIONS=%d does not fit the descriptor limit of %d)",
                        cap, wanted, soft)
