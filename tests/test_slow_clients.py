@@ -6,10 +6,7 @@ import logging
 import os
 import resource
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,17 +14,12 @@ import pytest
 from service.server import RateLimitedMessages
 
 from .images import face_bytes
+from .servers import running_server
 
 DESCRIPTOR_LIMIT = 256  # the server's RLIMIT_NOFILE here: FER_MAX_CONNECTIONS=1000 has to shrink to fit
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 2.0
 SLACK_S = 3.0  # timers on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def limit_descriptors() -> None:
@@ -36,34 +28,11 @@ def limit_descriptors() -> None:
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
+    settings = {"FER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "FER_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+                "FER_MAX_CONNECTIONS": "1000"}
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    port = free_port()
-    env = {**os.environ, "FER_MODEL_DIR": str(model_dir), "FER_HOST": "127.0.0.1", "FER_PORT": str(port),
-           "FER_DEVICE": "cpu", "FER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-           "FER_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "FER_MAX_CONNECTIONS": "1000",
-           "MPLCONFIGDIR": str(log_path.parent)}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=limit_descriptors, cwd=Path(__file__).resolve().parents[1])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready within 180 s"
-            time.sleep(0.3)
-        yield {"base": base, "port": port, "pid": process.pid, "log": log_path}
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with running_server(model_dir, log_path, settings, preexec_fn=limit_descriptors) as running:
+        yield running
 
 
 def connect(server) -> socket.socket:
