@@ -33,6 +33,7 @@ class ApiKeys:
         self._path = path
         self._file_keys: list[bytes] = []
         self._file_stamp: tuple[int, int] | None = None
+        self._file_error: str | None = None  # the last reload failure, logged once
         if path is not None:
             self._file_keys = _read_key_file(path)  # at start, a missing or empty file is an error
             self._file_stamp = _stamp(path)
@@ -59,11 +60,12 @@ class ApiKeys:
         try:
             stamp = _stamp(self._path)
             if stamp != self._file_stamp:
-                self._file_keys, self._file_stamp = _read_key_file(self._path), stamp
+                self._file_keys, self._file_stamp, self._file_error = _read_key_file(self._path), stamp, None
                 logger.info("API keys reloaded from %s (%d keys)", self._path, len(self._file_keys))
         except (OSError, KeyFileError) as error:  # keep the last good keys while a Secret is being rewritten
-            logger.warning("cannot reload API keys from %s: %s; keeping the previous ones", self._path, error)
-            self._file_stamp = None
+            if str(error) != self._file_error:
+                logger.warning("cannot reload API keys: %s; keeping the previous ones", error)
+                self._file_error = str(error)
         return self._file_keys
 
 

@@ -158,9 +158,9 @@ class RateLimitedMessages(logging.Filter):
                 self._held[key] = self._held.get(key, 0) + 1
                 return False
             held, self._held[key], self._last[key] = self._held.get(key, 0), 0, now
-        if held:
+        if held:  # the traceback was logged the first time
             record.msg, record.args = f"{message} ({held} more like it in the last {self.interval_s:.0f} s)", ()
-        record.exc_info = record.exc_info if not held else None  # the traceback once is enough
+            record.exc_info = None
         return True
 
 
