@@ -33,6 +33,11 @@ class ModelInfo(BaseModel):
         default_factory=dict, description="Images/s of each backend measured at start when FER_BACKEND=auto.")
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready", "draining"]
+    model: ModelInfo | None = None
+
+
 class ClassProbability(BaseModel):
     label: str
     probability: float

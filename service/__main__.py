@@ -9,6 +9,8 @@ import uvicorn
 
 from service.app import create_app
 from service.runtime.modeldir import ModelDirError, load_manifest
+from service.security import KeyFileError
+from service.server import ACCEPT_BACKLOG, DrainingServer, connection_cap, guarded_protocol, quiet_flood_logs
 from service.settings import Settings
 
 
@@ -22,13 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
     try:
         load_manifest(settings.model_dir)  # refuse to start on a missing or corrupt model, with the reason
-    except ModelDirError as error:
+        app = create_app(settings)
+    except (ModelDirError, KeyFileError) as error:
         print(f"error: cannot serve {settings.model_dir}: {error}", file=sys.stderr)
         return 2
+    protocol = guarded_protocol(settings.header_timeout_s, settings.body_timeout_s,
+                                connection_cap(settings.max_connections))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            http=protocol, backlog=ACCEPT_BACKLOG, timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+    quiet_flood_logs()  # after uvicorn's logging set-up
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; by then the stop is a clean one.
     signal.signal(signal.SIGTERM, _exit_after_drain)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.graceful_timeout_s))
+    DrainingServer(config, app.state.draining).run()
     return 0
 
 

@@ -36,17 +36,17 @@ class Ticket:
 
 
 class ExplanationPool:
-    def __init__(self, workers: int, max_waiting: int, disconnect_poll_s: float = 0.25):
+    def __init__(self, workers: int, max_waiting: int, draining: threading.Event, poll_s: float = 0.25):
         self.capacity = workers + max_waiting
-        self.disconnect_poll_s = disconnect_poll_s
+        self.poll_s = poll_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain")
         self._tickets: set[Ticket] = set()
-        self._draining = False
+        self._draining = draining  # set by the server the moment SIGTERM arrives
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Ticket]:
         """A place for one request for as long as the block runs, or Busy / Draining at once."""
-        if self._draining:
+        if self._draining.is_set():
             raise Draining("the service is shutting down")
         if len(self._tickets) >= self.capacity:
             raise Busy(f"{len(self._tickets)} explanation requests are running or waiting (limit {self.capacity})")
@@ -70,7 +70,7 @@ class ExplanationPool:
         try:
             return await future
         except Cancelled:
-            if self._draining:
+            if self._draining.is_set():
                 raise Draining("the service is shutting down") from None
             raise
         finally:
@@ -78,15 +78,16 @@ class ExplanationPool:
                 watcher.cancel()
 
     async def _watch(self, request: Request, ticket: Ticket) -> None:
+        """Cancel the ticket when its client disconnects or the service starts draining."""
         while not ticket.cancel.is_set():
-            if await request.is_disconnected():
+            if self._draining.is_set() or await request.is_disconnected():
                 ticket.cancel.set()
                 return
-            await asyncio.sleep(self.disconnect_poll_s)
+            await asyncio.sleep(self.poll_s)
 
     def drain(self) -> None:
-        """At SIGTERM: refuse new work, cancel queued and running work (it stops at its next forward pass)."""
-        self._draining = True
+        """Refuse new work, cancel queued and running work (it stops at its next forward pass)."""
+        self._draining.set()
         for ticket in list(self._tickets):
             ticket.cancel.set()
 

@@ -1,17 +1,21 @@
 """The app factory: settings in, FastAPI app out; the model is loaded and warmed up at start."""
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 
 from service.admission import Busy, Draining, ExplanationPool
 from service.batching import DynamicBatcher
-from service.runtime.explain import Cancelled
+from service.errors import install_error_handlers, install_openapi
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import FerModel
 from service.routers import explain, health, model, predict
+from service.runtime.explain import Cancelled
+from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
 
@@ -21,6 +25,7 @@ logger = logging.getLogger("service")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
+    api_keys = ApiKeys.from_settings(settings)  # a missing or empty key file stops the start here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -29,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = DynamicBatcher(fer_model.predict, settings.max_batch_size, settings.batch_wait_ms / 1000,
                                  settings.queue_limit, metrics)
         batcher.start()
-        explanations = ExplanationPool(settings.explain_workers, settings.explain_queue)
+        explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, app.state.draining)
         app.state.model, app.state.batcher, app.state.explanations = fer_model, batcher, explanations
         info = fer_model.info()
         logger.info("serving %s %s on %s with %s", info.name, info.version, info.device, info.backend)
@@ -39,16 +44,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.close()
         logger.info("drained and stopped")
 
-    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
                   description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and filter views.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.api_keys = api_keys
+    app.state.draining = threading.Event()  # set by the server on SIGTERM: /readyz turns 503 at once
+    app.state.decode_slots = threading.BoundedSemaphore(settings.max_decodes_in_flight)
     for router in (predict.router, explain.router, model.router, health.router):
         app.include_router(router)
+    install_error_handlers(app)
     app.add_exception_handler(Busy, _unavailable)
     app.add_exception_handler(Draining, _unavailable)
     app.add_exception_handler(Cancelled, _unavailable)
+    install_openapi(app, keys_required=api_keys.enabled, metrics_open=not settings.metrics_require_key)
+    # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+                           expose_headers=["X-Targets", "X-Predicted", "X-Cache", "X-Filters", "Retry-After"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

@@ -1,5 +1,6 @@
 """FastAPI dependencies: what a route needs, taken from the app's state."""
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,11 +51,18 @@ class Uploaded:
 
 async def get_images(request: Request, model: FerModel = Depends(get_model),
                      settings: Settings = Depends(get_settings)) -> Uploaded:
-    """The request's images, decoded off the event loop."""
+    """The request's images, decoded off the event loop, a bounded number at a time."""
     started = time.perf_counter()
     files = await read_uploads(request, settings.max_images_per_request)
     try:
-        images = await run_in_threadpool(model.preprocess, files)
+        images = await run_in_threadpool(_preprocess, model, files, request.app.state.decode_slots)
     except ImageError as error:
         raise HTTPException(error.status, str(error)) from None
     return Uploaded([name for name, _ in files], images, (time.perf_counter() - started) * 1000)
+
+
+def _preprocess(model: FerModel, files: list[tuple[str, bytes]], slots: threading.BoundedSemaphore) -> np.ndarray:
+    """A request's images are decoded one after another, so one slot per request bounds decodes in flight
+    (and the memory of full-size decoded images) to the number of slots."""
+    with slots:
+        return model.preprocess(files)

@@ -17,27 +17,76 @@ class ImageError(ValueError):
         self.status = status
 
 
+# EPS is read by running Ghostscript on the client's file: not something to do with untrusted uploads.
+UNSAFE_FORMATS = {"EPS"}
+HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+NAME_EXCERPT = 80  # characters of a client's filename quoted back in messages
+
+
+def excerpt(text: str, limit: int = NAME_EXCERPT) -> str:
+    """A client's text, cut short enough to quote back in an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Any image Pillow reads, colour or grey, any size: a uint8 grey array of `size` (height, width)."""
+    """Any image Pillow reads, colour or grey, 8 or 16 bits, any size (first frame of animations):
+    a uint8 grey array of `size` (height, width). Every failure is an ImageError naming the file."""
+    name = excerpt(filename)
     if not data:
-        raise ImageError(f"{filename}: empty file")
+        raise ImageError(f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=_readable_formats()) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(f"{filename}: image is {width}x{height} pixels, more than the limit of "
+                raise ImageError(f"{name}: image is {width}x{height} pixels, more than the limit of "
                                  f"{max_pixels}", status=413)
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target (either orientation).
+            side = max(size)
+            image.draft("L", (side, side))
             image.load()
-            grey = ImageOps.exif_transpose(image).convert("L")
+            grey = _to_grey(ImageOps.exif_transpose(image)).resize((size[1], size[0]), Image.BILINEAR)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageError(f"{filename}: rejected as a decompression bomb ({error})", status=413) from None
+        raise ImageError(f"{name}: rejected as a decompression bomb ({error})", status=413) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{filename}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated or malformed files
-        raise ImageError(f"{filename}: cannot decode image ({error})") from None
-    return np.asarray(grey.resize((size[1], size[0]), Image.BILINEAR))
+        raise ImageError(f"{name}: not an image Pillow can read") from None
+    except MemoryError:
+        raise ImageError(f"{name}: too large to decode", status=413) from None
+    except Exception as error:  # noqa: BLE001 - decoders raise anything on hostile input (struct.error, ...)
+        raise ImageError(f"{name}: cannot decode image ({type(error).__name__}: "
+                         f"{excerpt(str(error), 200)})") from None
+    return np.asarray(grey)
+
+
+def _readable_formats() -> list[str]:
+    Image.init()
+    return sorted(set(Image.OPEN) - UNSAFE_FORMATS)
+
+
+def _to_grey(image: Image.Image) -> Image.Image:
+    """8-bit grey; 16-bit and 32-bit images are scaled down to 8 bits (Pillow's own conversion clips them)."""
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image.convert("L")
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(_scale_to_8_bits(values, image.mode))
+
+
+def _scale_to_8_bits(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit containers span 0-65535; 32-bit integer and float images span what their values span:
+    0-1 (float), 0-255, 0-65535, or else their own minimum to maximum."""
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    elif low >= 0 and high <= 1 and mode == "F":
+        low, high = 0.0, 1.0
+    elif low >= 0 and high <= 255:
+        low, high = 0.0, 255.0
+    elif low >= 0 and high <= 65535:
+        low, high = 0.0, 65535.0
+    scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -8,6 +8,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Label values come from closed sets, whatever clients send: an invented method is "other", a path that
+# matches no route is "unmatched".
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
 
 class Metrics:
@@ -41,7 +44,8 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every request by its route template (not the raw path, to bound label values)."""
+    """Counts and times every request by method and route template (never the raw method or path, so that
+    clients cannot grow the label sets)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -63,7 +67,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], endpoint, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], endpoint).observe(time.perf_counter() - started)
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(method, endpoint, str(status)).inc()
+            self.metrics.latency.labels(method, endpoint).observe(time.perf_counter() - started)

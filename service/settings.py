@@ -2,10 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -38,6 +38,23 @@ class Settings(BaseSettings):
     max_filter_steps: int = Field(512, ge=1)
     filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
+    max_decodes_in_flight: int = Field(4, ge=1, description="Images decoded at once (bounds decoding memory).")
+    header_timeout_s: float = Field(10.0, gt=0, description="Time a connection has to send a request's headers.")
+    body_timeout_s: float = Field(60.0, gt=0, description="Time a request has to send its body, after its headers.")
+    max_connections: int = Field(1000, ge=1, description="Open connections; lowered to fit the descriptor limit.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys; API routes then need one.")
+    api_keys_file: Path | None = Field(None, description="A file of keys, one per line (a mounted Secret).")
+    metrics_require_key: bool = Field(False, description="/metrics needs a key too (when keys are set).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; none by default.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 @lru_cache

@@ -6,17 +6,31 @@ import binascii
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.api import ImagesRequest
+from service.errors import validation_message
+from service.imaging import excerpt
+
+# Starlette's multipart parser answers 400 with these messages when a form has more parts than allowed.
+TOO_MANY_PARTS = ("Too many files", "Too many fields")
 
 
 async def read_uploads(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     """(filename, bytes) per image, in request order; 4xx for anything a client got wrong."""
+    try:
+        return await _read_uploads(request, max_images)
+    except ClientDisconnect:  # gone, or cut off by the server's body timeout: nobody reads this answer
+        raise HTTPException(400, "the client disconnected before the request body was complete") from None
+
+
+async def _read_uploads(request: Request, max_images: int) -> list[tuple[str, bytes]]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=max_images, max_fields=max_images + 16)
+        form = await _form(request, max_images)
         uploads = form.getlist("files")
         if not uploads:
             raise HTTPException(400, "no images: send one or more multipart fields named `files`")
@@ -28,16 +42,17 @@ async def read_uploads(request: Request, max_images: int) -> list[tuple[str, byt
         try:
             body = ImagesRequest.model_validate_json(await request.body())
         except ValidationError as error:
-            raise HTTPException(422, f"invalid JSON body: {error.errors(include_url=False)}") from None
+            errors = [{**item, "loc": ("body", *item["loc"])} for item in error.errors()]
+            raise HTTPException(422, f"invalid JSON body: {validation_message(errors)}") from None
         names = body.filenames or [f"image{i}" for i in range(len(body.images))]
         if len(names) != len(body.images):
             raise HTTPException(422, f"{len(names)} filenames for {len(body.images)} images")
+        if len(body.images) > max_images:  # before decoding any of them
+            raise HTTPException(413, f"too many images: {len(body.images)} in one request, the limit is {max_images}")
         files = [(name, _b64decode(name, text)) for name, text in zip(names, body.images)]
     else:
-        raise HTTPException(415, f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data "
+        raise HTTPException(415, f"unsupported content type {excerpt(content_type) or '(none)'!r}: send multipart/form-data "
                                  "with `files` fields, or application/json with {\"images\": [base64, ...]}")
-    if len(files) > max_images:
-        raise HTTPException(413, f"too many images: {len(files)} in one request, the limit is {max_images}")
     return files
 
 
@@ -47,7 +62,17 @@ def _b64decode(name: str, text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise HTTPException(400, f"{name}: not valid base64") from None
+        raise HTTPException(400, f"{excerpt(name)}: not valid base64") from None
+
+
+async def _form(request: Request, max_images: int):
+    try:
+        return await request.form(max_files=max_images, max_fields=max_images + 16)
+    except StarletteHTTPException as error:  # what Starlette's form parser raises
+        if error.status_code == 400 and str(error.detail).startswith(TOO_MANY_PARTS):
+            raise HTTPException(413, f"too many parts in the form: at most {max_images} images per request "
+                                     f"({error.detail})") from None
+        raise
 
 
 class BodySizeLimitMiddleware:
@@ -62,9 +87,10 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": f"request body of {int(declared)} bytes exceeds the limit of "
-                                               f"{self.max_bytes}"}, status_code=413, headers={"connection": "close"})
+        # (a length of more digits than any limit is refused without converting it: int() caps digits)
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
+            response = JSONResponse({"detail": f"request body of {excerpt(declared.decode(), 20)} bytes exceeds "
+                                               f"the limit of {self.max_bytes}"}, status_code=413, headers={"connection": "close"})
             await response(scope, receive, send)
             return
         received = 0

@@ -115,6 +115,22 @@ def test_overlays_render_and_validate_against_kubernetes_schemas(overlay):
     assert ("nvidia.com/gpu" in container["resources"]["limits"]) == (overlay == "gpu")
 
 
+@pytest.mark.skipif(not KUBECTL, reason="kubectl (for `kubectl kustomize`) is not installed")
+def test_api_keys_overlay_mounts_the_secret_as_the_keys_file():
+    docs = rendered("cpu-api-keys")
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    keys_file = next(item["value"] for item in container["env"] if item["name"] == "FER_API_KEYS_FILE")
+    assert "FER_API_KEYS_FILE" in settings_fields()
+    mount = next(m for m in container["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "fer-explain-api-keys"
+    assert "Secret" not in {doc["kind"] for doc in docs}, "keys stay out of git: the Secret is created apart"
+
+
 def test_base_and_kserve_manifests_validate():
     for path in (K8S / "base").glob("*.yaml"):
         for doc in documents(path):

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse, SaliencyMap, SaliencyResponse
 from service.admission import ExplanationPool, Ticket
 from service.deps import Uploaded, explanation_ticket, get_images, get_model, get_pool, get_settings
-from service.imaging import grid, heatmap, overlay, png_bytes
+from service.imaging import excerpt, grid, heatmap, overlay, png_bytes
 from service.model import FerModel
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
@@ -77,21 +77,22 @@ def _parse_target(target: str | None, classes: list[str]) -> int | None:
     name = target.strip().lower()
     if name in classes:
         return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
+    if re.fullmatch(r"[0-9]{1,3}", name) and int(name) < len(classes):  # ASCII digits only: str.isdigit takes '²'
         return int(name)
-    raise HTTPException(422, f"unknown target {target!r}: expected a class name ({', '.join(classes)}) "
-                             f"or an index 0-{len(classes) - 1}")
+    raise HTTPException(422, f"query parameter `target`: unknown target {excerpt(target, 40)!r}: expected a class "
+                             f"name ({', '.join(classes)}) or an index 0-{len(classes) - 1}")
 
 
 def _check_layer(model: FerModel, layer: str) -> None:
     try:
         model.explainer.module(layer)
     except KeyError:
-        raise HTTPException(422, f"unknown layer {layer!r}: expected a module of the network such as "
-                                 f"{model.explainer.default_layer} or {next(reversed(model.explainer.layers))}") from None
+        raise HTTPException(422, f"query parameter `layer`: unknown layer {excerpt(layer, 40)!r}: expected a module "
+                                 f"of the network such as {model.explainer.default_layer} or "
+                                 f"{next(reversed(model.explainer.layers))}") from None
 
 
-@router.get("/filters", response_model=LayersResponse)
+@router.get("/filters", response_model=LayersResponse, responses={503: ERRORS[503]})
 async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
     """The convolution layers whose filters can be shown, by the network's own module names."""
     return LayersResponse(layers=[
@@ -139,18 +140,25 @@ async def filters(request: Request, layer: str = Path(description="e.g. conv1, l
     return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
 
 
+FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters
+
+
 def _parse_filters(text: str, count: int, layer: str, limit: int) -> tuple[int, ...]:
     indices: list[int] = []
+    quoted = excerpt(text, 40)
     for part in text.replace(" ", "").split(","):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        match = FILTERS_PART.fullmatch(part)
         if not match:
-            raise HTTPException(400, f"filters={text!r}: expected indices and ranges such as 0-15 or 0,3,8-11")
+            raise HTTPException(422, f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
+                                     "0-15 or 0,3,8-11")
         first, last = int(match[1]), int(match[2] or match[1])
         if last < first:
-            raise HTTPException(400, f"filters={text!r}: range {part} runs backwards")
+            raise HTTPException(422, f"query parameter `filters`: range {part} runs backwards")
         if last >= count:
-            raise HTTPException(400, f"filter index {last} out of range: {layer} has filters 0-{count - 1}")
+            raise HTTPException(422, f"query parameter `filters`: filter index {last} out of range: {layer} has "
+                                     f"filters 0-{count - 1}")
         if len(indices) + last - first + 1 > limit:
-            raise HTTPException(400, f"filters={text!r} asks for more than {limit} filters in one request")
+            raise HTTPException(422, f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
+                                     "in one request")
         indices.extend(range(first, last + 1))
     return tuple(indices)

@@ -2,7 +2,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from schemas.api import Readiness
+
 router = APIRouter(tags=["operations"])
+NOT_READY = {503: {"model": Readiness, "description": "Starting, or draining after SIGTERM"}}
 
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
@@ -15,16 +18,20 @@ async def healthz() -> dict:
     return {"status": "alive"}
 
 
-@router.get(READY_PATH)
+@router.get(READY_PATH, response_model=Readiness, responses=NOT_READY)
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: the model is loaded, verified and warmed up, and the service is not draining."""
+    """Readiness: the model is loaded, verified and warmed up, and the service is not draining (503 from the
+    moment SIGTERM arrives; shortly after, the listener closes)."""
     model = getattr(request.app.state, "model", None)
+    if request.app.state.draining.is_set():
+        return JSONResponse({"status": "draining"}, status_code=503)
     if model is None or not model.ready:
         return JSONResponse({"status": "not ready"}, status_code=503)
     return JSONResponse({"status": "ready", "model": model.info().model_dump()})
 
 
-@router.get(METRICS_PATH)
+@router.get(METRICS_PATH, response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -13,8 +13,8 @@ IMAGES_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+                "files": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}},
             "application/json": {"schema": {"$ref": "#/components/schemas/ImagesRequest"}},
         },
     }

@@ -1,0 +1,81 @@
+"""One error shape for every client error, `{"detail": "<message>"}`, also for FastAPI's validation errors,
+and the OpenAPI document that says so."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from schemas.api import ErrorResponse, ImagesRequest
+from service.imaging import excerpt
+from service.security import is_open
+
+INPUT_EXCERPT = 40  # characters of a rejected value quoted back
+MAX_LISTED_ERRORS = 5
+LOCATIONS = {"query": "query parameter", "path": "path parameter", "header": "header", "cookie": "cookie",
+             "body": "body"}
+ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """'query parameter `top_k`: Input should be less than or equal to 7 (got '9')'; several joined by '; '."""
+    parts = []
+    for error in errors[:MAX_LISTED_ERRORS]:
+        where, *names = error.get("loc") or ("body",)
+        field = ".".join(str(name) for name in names)
+        place = f"{LOCATIONS.get(where, where)} `{excerpt(field, INPUT_EXCERPT)}`" if field else LOCATIONS.get(where, where)
+        value = error.get("input")
+        got = f" (got {excerpt(str(value), INPUT_EXCERPT)!r})" if isinstance(value, (str, int, float)) else ""
+        parts.append(f"{place}: {error.get('msg', 'invalid')}{got}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more errors")
+    return "; ".join(parts)
+
+
+async def validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_message(list(error.errors()))}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+
+
+def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> None:
+    """The generated document, plus: ImagesRequest (referenced by the image routes' request bodies), every 422
+    documented with the service's own error shape, and the API keys when they are required."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ImagesRequest, ErrorResponse):
+            schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name in FASTAPI_VALIDATION_SCHEMAS:
+            schemas.pop(name, None)
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                _document_errors(operation, protected=keys_required and not is_open(path, metrics_open))
+        if keys_required:
+            document["components"]["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi
+
+
+def _document_errors(operation: dict, protected: bool) -> None:
+    responses = operation.setdefault("responses", {})
+    if "422" in responses or operation.get("parameters"):
+        responses["422"] = {"description": "Invalid parameter: the message names it",
+                            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    if protected:
+        responses["401"] = {"description": "Missing or invalid API key",
+                            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+        operation["security"] = [{"bearer": []}, {"apiKey": []}]
