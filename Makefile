@@ -42,6 +42,9 @@ serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m bench.serve --model $(MODEL_DIR)
 
+bench-abuse: $(INSTALLED) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m bench.abuse --model $(MODEL_DIR)
+
 docker: $(MODEL_DIR)/manifest.json
 	@command -v docker >/dev/null || { echo "make docker needs Docker (a client and a running engine)"; exit 1; }
 	docker build -f docker/Dockerfile.cpu --build-arg MODEL_SOURCE=$(MODEL_DIR) -t fer-explain:cpu .

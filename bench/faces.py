@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from service.artifacts import load_manifest
-from service.backends import load_backend
+from service.runtime.modeldir import load_manifest
+from service.runtime.backends import load_backend
 from service.runtime.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
 from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthetic_source
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = None
     if args.model:
-        model = load_backend(args.model, load_manifest(args.model), "torchscript", torch.device("cpu"))
+        model, _ = load_backend(args.model, load_manifest(args.model), "torchscript", torch.device("cpu"))
     detectors = {name: make_detector(name) for name in args.detectors}
     sources = [synthetic_source()]
     if FER2013_VAL.is_dir():

@@ -53,6 +53,7 @@ class TrainingConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Of the training steps; evaluation is fp32.")
     channels_last: bool = False
     tta: TtaMode = "none"
+    machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
 
 
 class ClassMetrics(BaseModel):

@@ -6,13 +6,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from fastapi import Depends, HTTPException, Request
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import ExplanationPool, Ticket
 from service.batching import DynamicBatcher
 from service.imaging import ImageError
+from schemas.api import FACES_DESCRIPTION, FacesMode
 from service.model import FerModel
+from service.runtime.photos import Photo
 from service.settings import Settings
 from service.uploads import read_uploads
 
@@ -44,25 +48,44 @@ def explanation_ticket(pool: ExplanationPool = Depends(get_pool)) -> Iterator[Ti
 
 @dataclass
 class Uploaded:
-    filenames: list[str]
-    images: np.ndarray  # uint8 N x 1 x H x W at the model's input resolution
+    photos: list[Photo]  # one per uploaded image, with its faces cropped at the model's input resolution
     decode_ms: float
 
+    @property
+    def crops(self) -> np.ndarray:
+        """Every face of every image, in order: uint8 N x 1 x H x W, one batch for the model."""
+        return np.concatenate([photo.crops for photo in self.photos])
 
-async def get_images(request: Request, model: FerModel = Depends(get_model),
-                     settings: Settings = Depends(get_settings)) -> Uploaded:
-    """The request's images, decoded off the event loop, a bounded number at a time."""
+
+async def _decode(request: Request, model: FerModel, settings: Settings, faces: str, keep_upright: bool) -> Uploaded:
+    """The request's images, decoded and their faces found off the event loop, a bounded number at a time."""
     started = time.perf_counter()
     files = await read_uploads(request, settings.max_images_per_request)
     try:
-        images = await run_in_threadpool(_preprocess, model, files, request.app.state.decode_slots)
+        photos = await run_in_threadpool(_preprocess, model, files, faces, keep_upright,
+                                         request.app.state.decode_slots)
     except ImageError as error:
         raise HTTPException(error.status, str(error)) from None
-    return Uploaded([name for name, _ in files], images, (time.perf_counter() - started) * 1000)
+    return Uploaded(photos, (time.perf_counter() - started) * 1000)
 
 
-def _preprocess(model: FerModel, files: list[tuple[str, bytes]], slots: threading.BoundedSemaphore) -> np.ndarray:
+def _preprocess(model: FerModel, files: list[tuple[str, bytes]], faces: str, keep_upright: bool,
+                slots: threading.BoundedSemaphore) -> list[Photo]:
     """A request's images are decoded one after another, so one slot per request bounds decodes in flight
     (and the memory of full-size decoded images) to the number of slots."""
     with slots:
-        return model.preprocess(files)
+        return model.preprocess(files, faces, keep_upright)
+
+
+FacesQuery = Annotated[FacesMode, Query(description=FACES_DESCRIPTION)]
+
+
+async def get_images(request: Request, faces: FacesQuery = "auto", model: FerModel = Depends(get_model),
+                     settings: Settings = Depends(get_settings)) -> Uploaded:
+    return await _decode(request, model, settings, faces, keep_upright=False)
+
+
+async def get_photos(request: Request, faces: FacesQuery = "auto", model: FerModel = Depends(get_model),
+                     settings: Settings = Depends(get_settings)) -> Uploaded:
+    """As `get_images`, keeping each decoded photo to draw explanations on."""
+    return await _decode(request, model, settings, faces, keep_upright=True)

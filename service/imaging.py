@@ -1,10 +1,11 @@
 """Decoding uploaded images and drawing explanation images (heat maps, overlays, grids) as PNG."""
 
 import io
+import math
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 _HEAT = (matplotlib.colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
@@ -28,9 +29,33 @@ def excerpt(text: str, limit: int = NAME_EXCERPT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Any image Pillow reads, colour or grey, 8 or 16 bits, any size (first frame of animations):
-    a uint8 grey array of `size` (height, width). Every failure is an ImageError naming the file."""
+def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Any image Pillow reads, colour or grey, 8 or 16 bits, any size (first frame of animations): a uint8 grey
+    array of `size` (height, width), and the upright image's (width, height). Failures are ImageErrors."""
+    image, original = open_upright(data, filename, max_pixels, max(size), "L")
+    return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR)), original
+
+
+def decode_photo(data: bytes, filename: str, max_pixels: int, keep_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """An upright RGB photo (EXIF rotation applied) reduced to at most `keep_pixels` pixels, and the upright
+    image's full (width, height): what face detection and cropping work on."""
+    image, original = open_upright(data, filename, max_pixels, math.isqrt(keep_pixels), "RGB")
+    return np.asarray(shrunk_to(image, keep_pixels)), original
+
+
+def shrunk_to(image: Image.Image, pixels: int) -> Image.Image:
+    """`image` scaled down, keeping its shape, to at most `pixels` pixels (unchanged when it has fewer)."""
+    width, height = image.size
+    if width * height <= pixels:
+        return image
+    ratio = math.sqrt(pixels / (width * height))
+    return image.resize((max(1, int(width * ratio)), max(1, int(height * ratio))), Image.BILINEAR)
+
+
+def open_upright(data: bytes, filename: str, max_pixels: int, side: int, mode: str) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image in 8-bit `mode` (L or RGB), turned upright, decoded at reduced scale where the format
+    allows it and `side` pixels are still covered; and the full upright (width, height). Every failure is an
+    ImageError naming the file."""
     name = excerpt(filename)
     if not data:
         raise ImageError(f"{name}: empty file")
@@ -41,10 +66,14 @@ def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: 
                 raise ImageError(f"{name}: image is {width}x{height} pixels, more than the limit of "
                                  f"{max_pixels}", status=413)
             # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target (either orientation).
-            side = max(size)
-            image.draft("L", (side, side))
+            image.draft(mode, (side, side))
             image.load()
-            grey = _to_grey(ImageOps.exif_transpose(image)).resize((size[1], size[0]), Image.BILINEAR)
+            drafted = image.size
+            upright = ImageOps.exif_transpose(image)
+            if upright.size != drafted:  # turned by a quarter: the full size turns too
+                width, height = height, width
+            grey_first = mode == "L" or upright.mode in HIGH_BIT_DEPTH_MODES
+            converted = (_to_grey(upright) if grey_first else upright).convert(mode)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
@@ -56,7 +85,7 @@ def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: 
     except Exception as error:  # noqa: BLE001 - decoders raise anything on hostile input (struct.error, ...)
         raise ImageError(f"{name}: cannot decode image ({type(error).__name__}: "
                          f"{excerpt(str(error), 200)})") from None
-    return np.asarray(grey)
+    return converted, (width, height)
 
 
 def _readable_formats() -> list[str]:
@@ -100,24 +129,78 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return _HEAT[np.clip(values * 255, 0, 255).astype(np.uint8)]
 
 
-def overlay(grey: np.ndarray, values: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """The heat map of `values` blended over the grey image (both resized to the larger of the two)."""
-    side = max(grey.shape[0], values.shape[0])
-    base = np.asarray(Image.fromarray(grey).resize((side, side), Image.BILINEAR), dtype=np.float32)
-    heat = heatmap(np.asarray(Image.fromarray(values.astype(np.float32)).resize((side, side), Image.BILINEAR)))
-    return (base[..., None] * (1 - alpha) + heat * alpha).astype(np.uint8)
+def grid_size(count: int, tile: tuple[int, int], columns: int, scale: int, max_pixels: int,
+              gap: int = 2) -> tuple[int, int]:
+    """(height, width) of a grid of `count` tiles; ImageError (422) when it is over `max_pixels`, so that a
+    request can be refused before any work."""
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    height, width = rows * (tile[0] * scale + gap) - gap, columns * (tile[1] * scale + gap) - gap
+    if height * width > max_pixels:
+        raise ImageError(f"the image would be {width}x{height} pixels, more than the limit of {max_pixels}: "
+                         "ask for a smaller scale, fewer columns or fewer tiles", status=422)
+    return height, width
 
 
-def grid(tiles: list[np.ndarray], columns: int, scale: int = 1, gap: int = 2) -> np.ndarray:
-    """Tiles of one shape (grey or RGB uint8) laid out row by row, enlarged `scale` times."""
-    tiles = [np.kron(t, np.ones((scale, scale, 1) if t.ndim == 3 else (scale, scale), dtype=np.uint8))
-             for t in tiles]
-    height, width = tiles[0].shape[:2]
-    rows = -(-len(tiles) // columns)
+def grid(tiles: list[np.ndarray], columns: int, scale: int, max_pixels: int, gap: int = 2) -> np.ndarray:
+    """Tiles of one shape (grey or RGB uint8) laid out row by row, enlarged `scale` times. Each tile is
+    enlarged as it is pasted, so memory is the canvas alone."""
+    height, width = tiles[0].shape[0] * scale, tiles[0].shape[1] * scale
     columns = min(columns, len(tiles))
-    canvas = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, *tiles[0].shape[2:]), 255,
-                     dtype=np.uint8)
+    canvas = np.full((*grid_size(len(tiles), tiles[0].shape[:2], columns, scale, max_pixels, gap),
+                      *tiles[0].shape[2:]), 255, dtype=np.uint8)
     for i, tile in enumerate(tiles):
         top, left = (i // columns) * (height + gap), (i % columns) * (width + gap)
-        canvas[top:top + height, left:left + width] = tile
+        canvas[top:top + height, left:left + width] = tile.repeat(scale, 0).repeat(scale, 1)
     return canvas
+
+
+PHOTO_SIDE = (256, 1024)  # overlays are drawn on the photo scaled to fit this range (longer side)
+BOX_COLOUR = (0, 255, 128)
+
+
+def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], alpha: float = 0.5) -> np.ndarray:
+    """The photo (RGB) with each face's map blended inside its box, the box drawn and its label written."""
+    upright = photo.upright if photo.upright.ndim == 3 else np.repeat(photo.upright[..., None], 3, axis=2)
+    longer = max(upright.shape[:2])
+    side = min(max(longer, PHOTO_SIDE[0]), PHOTO_SIDE[1])
+    ratio = side / longer
+    size = (max(1, round(upright.shape[1] * ratio)), max(1, round(upright.shape[0] * ratio)))
+    canvas = np.asarray(Image.fromarray(upright).resize(size, Image.BILINEAR), dtype=np.float32)
+    to_canvas = size[0] / photo.width  # upload pixels to canvas pixels
+    boxes = []
+    for face, (values, _) in zip(photo.faces, maps_and_labels):
+        x0, y0 = round(face.box[0] * to_canvas), round(face.box[1] * to_canvas)
+        w, h = max(1, round(face.box[2] * to_canvas)), max(1, round(face.box[3] * to_canvas))
+        heat = heatmap(np.asarray(Image.fromarray(values.astype(np.float32)).resize((w, h), Image.BILINEAR)))
+        top, left = max(0, y0), max(0, x0)  # boxes may reach past the image's edges
+        bottom, right = min(size[1], y0 + h), min(size[0], x0 + w)
+        if bottom > top and right > left:
+            region = canvas[top:bottom, left:right]
+            canvas[top:bottom, left:right] = region * (1 - alpha) + heat[top - y0:bottom - y0, left - x0:right - x0] * alpha
+        boxes.append((x0, y0, x0 + w - 1, y0 + h - 1))
+    drawn = Image.fromarray(canvas.astype(np.uint8))
+    pen = ImageDraw.Draw(drawn)
+    for box, (_, label) in zip(boxes, maps_and_labels):
+        pen.rectangle(box, outline=BOX_COLOUR, width=max(1, side // 256))
+        pen.text((box[0] + 3, max(0, box[1] - 12) if box[1] >= 12 else box[1] + 2), label, fill=BOX_COLOUR)
+    if not boxes:
+        pen.text((4, 4), photo.reason or "no face", fill=BOX_COLOUR)
+    return np.asarray(drawn)
+
+
+def side_by_side(images: list[np.ndarray], max_pixels: int, gap: int = 4) -> np.ndarray:
+    """RGB images in a row at a common height, shrunk as a whole to stay within `max_pixels`."""
+    height = min(image.shape[0] for image in images)
+    resized = [np.asarray(Image.fromarray(image).resize((max(1, round(image.shape[1] * height / image.shape[0])),
+                                                         height), Image.BILINEAR)) for image in images]
+    row = np.full((height, sum(r.shape[1] for r in resized) + gap * (len(resized) - 1), 3), 255, dtype=np.uint8)
+    left = 0
+    for image in resized:
+        row[:, left:left + image.shape[1]] = image
+        left += image.shape[1] + gap
+    if row.shape[0] * row.shape[1] > max_pixels:
+        ratio = (max_pixels / (row.shape[0] * row.shape[1])) ** 0.5
+        row = np.asarray(Image.fromarray(row).resize((max(1, int(row.shape[1] * ratio)), max(1, int(height * ratio))),
+                                                     Image.BILINEAR))
+    return row

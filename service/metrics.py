@@ -31,6 +31,10 @@ class Metrics:
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("fer_filter_cache_hits", "Filter visualisations served from the cache", registry=r)
         self.cache_misses = Counter("fer_filter_cache_misses", "Filter visualisations computed", registry=r)
+        self.faces_per_image = Histogram("fer_faces_per_image", "Faces found per uploaded image (faces=auto|detect)",
+                                         buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32, 64), registry=r)
+        self.detection_time = Histogram("fer_face_detection_seconds", "Face detection time per image",
+                                        buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Info("fer_model", "The model being served", registry=r)
         self.backend_throughput = Gauge("fer_backend_images_per_second",
                                         "Images/s of each backend measured at start (FER_BACKEND=auto)", ["backend"],

@@ -13,12 +13,14 @@ import torch
 
 from schemas.api import ArchitectureRow, ExplanationMethod, ModelInfo, ModelReport
 from schemas.manifest import Manifest
-from service.imaging import decode_image
+from service.imaging import decode_image, decode_photo
 from service.metrics import Metrics
 from service.runtime.backends import Backend, load_backend, resolve_device
 from service.runtime.explain import METHODS, Explainer
+from service.runtime.faces import Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
 from service.runtime.modeldir import ModelDirError, load_eager_model, load_manifest, read_json
+from service.runtime.photos import FaceOptions, FoundFace, Photo, find_faces
 from service.runtime.tta import predict_with_tta
 from service.settings import Settings
 
@@ -34,6 +36,8 @@ class FerModel:
         self.explainer: Explainer | None = None
         self.filter_store: FilterStore | None = None
         self.tta = "none"
+        self.detector: Detector | None = None
+        self._detect_lock = threading.Lock()
         self.ready = False
 
     @property
@@ -53,6 +57,7 @@ class FerModel:
         self.tta = self.manifest.tta if self.settings.tta == "manifest" else self.settings.tta
         self.explainer = Explainer(load_eager_model(self.model_dir, self.manifest, device),
                                    self.manifest.architecture, device)
+        self.detector = make_detector(self.settings.face_detector)
         self.filter_store = FilterStore(self.model_dir, self.manifest.version, self.settings.filter_cache_size)
         if device.type == "cuda":
             self.metrics.watch_gpu_memory(device)
@@ -77,11 +82,28 @@ class FerModel:
                          device=self.backend.device, tta=self.tta, backend_throughput=self.backend_throughput)
 
     # --- preprocess / predict ------------------------------------------------------------------------
-    def preprocess(self, files: list[tuple[str, bytes]]) -> np.ndarray:
-        """Decode each upload to the training resolution: uint8 N x 1 x H x W. Raises ImageError."""
-        size = (self.manifest.input.height, self.manifest.input.width)
-        return np.stack([decode_image(data, name, size, self.settings.max_image_pixels)
-                         for name, data in files])[:, None]
+    def preprocess(self, files: list[tuple[str, bytes]], faces: str = "auto", keep_upright: bool = False) -> list[Photo]:
+        """Decode each upload and find its faces (`faces`: auto, detect or none), each cropped to the model's
+        input. `keep_upright` keeps the decoded photo, for drawing overlays. Raises ImageError."""
+        return [self._photo(name, data, faces, keep_upright) for name, data in files]
+
+    def _photo(self, name: str, data: bytes, faces: str, keep_upright: bool) -> Photo:
+        size = self.manifest.input.height
+        if faces == "none":  # the fast path: decode straight to the model's input size
+            grey, (width, height) = decode_image(data, name, (size, size), self.settings.max_image_pixels)
+            return Photo(name, width, height, [FoundFace((0, 0, width, height), None, "whole_image")],
+                         grey[None, None], upright=grey if keep_upright else None)
+        image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
+        options = FaceOptions(faces, size, self.settings.min_face_size, self.settings.max_faces_per_image,
+                              self.settings.detect_max_pixels, self.settings.whole_image_max_side)
+        started = time.perf_counter()
+        with self._detect_lock:  # OpenCV's cascades are not documented as thread-safe
+            photo = find_faces(image, name, original, options, self.detector)
+        self.metrics.detection_time.observe(time.perf_counter() - started)
+        self.metrics.faces_per_image.observe(len(photo.faces))
+        if not keep_upright:
+            photo.upright = None
+        return photo
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA."""

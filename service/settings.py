@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.runtime.faces import DEFAULT_DETECTOR
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FER_", protected_namespaces=())
@@ -35,6 +37,19 @@ class Settings(BaseSettings):
     max_filter_cost: int = Field(64 * 128 * 48 * 48, ge=1, description="Budget of one uncached /filters "
                                                                        "request: filters x steps x size^2.")
     max_filters_per_request: int = Field(64, ge=1)
+    face_detector: Literal["mtcnn", "haar"] = Field(
+        DEFAULT_DETECTOR, description="mtcnn (facenet-pytorch's weights, installed by `make install`) or haar "
+                                      "(OpenCV's cascades)")
+    max_faces_per_image: int = Field(32, ge=1, description="Faces kept per image, best first; the response "
+                                                           "says when more were found.")
+    min_face_size: int = Field(40, ge=8, description="Smallest face side, in pixels of the uploaded image.")
+    detect_max_pixels: int = Field(1_000_000, ge=4096, description="Detection runs on a copy of at most this "
+                                                                   "many pixels (boxes in the upload's pixels).")
+    photo_max_pixels: int = Field(4_194_304, ge=4096, description="Photos are decoded to at most this many "
+                                                                  "pixels; faces are cropped from that.")
+    whole_image_max_side: int = Field(256, ge=1, description="faces=auto: a roughly square image this small with "
+                                                             "no face found is taken whole, as a face crop.")
+    max_png_pixels: int = Field(4_000_000, ge=10_000, description="Largest PNG any endpoint draws.")
     max_filter_steps: int = Field(512, ge=1)
     filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")

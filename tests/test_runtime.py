@@ -136,9 +136,9 @@ def test_other_class_names_are_served_and_a_wrong_count_is_refused(model_dir, tm
     (renamed / "manifest.json").write_text(json.dumps(manifest))
     with make_client(renamed) as client:
         body = client.post("/predict", files=upload(face_bytes("happy"))).json()
-        assert set(body["predictions"][0]["probabilities"]) == set(names)
+        assert set(body["predictions"][0]["faces"][0]["probabilities"]) == set(names)
         saliency = client.post("/saliency?format=json&target=yay", files=upload(face_bytes("happy"))).json()
-        assert saliency["maps"][0]["target"] == "yay"
+        assert saliency["images"][0]["faces"][0]["target"] == "yay"
     manifest["classes"] = names[:5]
     (renamed / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="5 classes"):
@@ -167,8 +167,9 @@ def test_tta_of_evaluate_and_of_the_service_agree(model_dir, capsys):
     manifest = load_manifest(model_dir)
     assert manifest.tta == "flip"  # the training default, recorded for the service
     with make_client(model_dir) as client:
-        served = client.post("/predict", files=upload(*[encode(image) for image in faces.images[:8].numpy()])).json()
-    served = np.array([[p["probabilities"][c] for c in CLASSES] for p in served["predictions"]])
+        served = client.post("/predict?faces=none",
+                             files=upload(*[encode(image) for image in faces.images[:8].numpy()])).json()
+    served = np.array([[p["faces"][0]["probabilities"][c] for c in CLASSES] for p in served["predictions"]])
     model = load_eager_model(model_dir, manifest, torch.device("cpu"))
     with torch.no_grad():
         expected = predict_with_tta(lambda b: model(torch.from_numpy(b)).numpy(), faces.images[:8, None].numpy(),

@@ -51,8 +51,12 @@ def test_predict_one_image(client):
     response = client.post("/predict", files=upload(face_bytes("happy"), names=["a.png"]))
     assert response.status_code == 200
     body = PredictResponse.model_validate(response.json())
-    prediction = body.predictions[0]
-    assert prediction.filename == "a.png" and prediction.label == CLASSES[prediction.index]
+    image = body.predictions[0]
+    assert image.filename == "a.png" and (image.width, image.height) == (48, 48) and len(image.faces) == 1
+    prediction = image.faces[0]
+    assert prediction.source == "whole_image" and prediction.box.model_dump() == {"x": 0, "y": 0, "width": 48,
+                                                                                  "height": 48}
+    assert prediction.label == CLASSES[prediction.index]
     assert list(prediction.probabilities) == list(CLASSES)
     assert abs(sum(prediction.probabilities.values()) - 1) < 1e-4
     assert prediction.confidence == max(prediction.probabilities.values())
@@ -65,7 +69,7 @@ def test_predict_many_faces_in_any_format_size_and_colour(client):
     images = [face_bytes(expression, seed=3, fmt=fmt, size=size, mode=mode)
               for expression, (fmt, size, mode) in zip(EXPRESSIONS, formats)]
     body = client.post("/predict", files=upload(*images)).json()
-    labels = [p["label"] for p in body["predictions"]]
+    labels = [p["faces"][0]["label"] for p in body["predictions"]]
     assert len(labels) == 7
     assert sum(label == expected for label, expected in zip(labels, EXPRESSIONS)) >= 5, labels
 
@@ -76,22 +80,23 @@ def test_predict_json_base64_and_top_k(client):
     assert response.status_code == 200
     predictions = response.json()["predictions"]
     assert [p["filename"] for p in predictions] == ["h.png", "s.png"]
-    top = predictions[0]["top_k"]
-    assert len(top) == 3 and top[0]["label"] == predictions[0]["label"]
+    top = predictions[0]["faces"][0]["top_k"]
+    assert len(top) == 3 and top[0]["label"] == predictions[0]["faces"][0]["label"]
     assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
-    multipart = client.post("/predict", files=upload(face_bytes("happy"))).json()["predictions"][0]
-    assert multipart["probabilities"] == pytest.approx(predictions[0]["probabilities"], abs=1e-6)
+    multipart = client.post("/predict", files=upload(face_bytes("happy"))).json()["predictions"][0]["faces"][0]
+    assert multipart["probabilities"] == pytest.approx(predictions[0]["faces"][0]["probabilities"], abs=1e-6)
 
 
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_answer(client):
     images = [face_bytes(EXPRESSIONS[i % 7], seed=i) for i in range(24)]
-    alone = [client.post("/predict", files=upload(data)).json()["predictions"][0]["probabilities"] for data in images]
+    alone = [client.post("/predict", files=upload(data)).json()["predictions"][0]["faces"][0]["probabilities"]
+             for data in images]
     batches_before = metric_value(client, "fer_batch_size_count")
     singles_before = metric_value(client, "fer_batch_size_bucket", le="1.0")
     with ThreadPoolExecutor(max_workers=12) as pool:
         together = list(pool.map(lambda data: client.post("/predict", files=upload(data)).json(), images))
     for expected, body in zip(alone, together):
-        assert body["predictions"][0]["probabilities"] == pytest.approx(expected, abs=1e-5)
+        assert body["predictions"][0]["faces"][0]["probabilities"] == pytest.approx(expected, abs=1e-5)
     batches = metric_value(client, "fer_batch_size_count") - batches_before
     singles = metric_value(client, "fer_batch_size_bucket", le="1.0") - singles_before
     assert batches < len(images) and singles < batches, "no batch held more than one request"
@@ -104,6 +109,7 @@ def test_onnx_backend_gives_the_same_predictions(client, model_dir):
         body = onnx_client.post("/predict", files=images).json()
     assert body["model"]["backend"] == "onnx"
     for mine, theirs in zip(body["predictions"], expected):
+        mine, theirs = mine["faces"][0], theirs["faces"][0]
         assert mine["label"] == theirs["label"]
         assert mine["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-4)
 
@@ -115,8 +121,8 @@ def test_saliency_json_for_each_method(client, method):
     response = client.post(f"/saliency?method={method}&format=json", files=upload(face_bytes("happy"), face_bytes("sad")))
     assert response.status_code == 200
     body = SaliencyResponse.model_validate(response.json())
-    assert body.method == method and len(body.maps) == 2
-    values = np.array(body.maps[0].saliency)
+    assert body.method == method and len(body.images) == 2 and len(body.images[0].faces) == 1
+    values = np.array(body.images[0].faces[0].saliency)
     assert values.shape == (32, 32) and values.min() >= 0 and values.max() == pytest.approx(1, abs=1e-3)
 
 
@@ -132,7 +138,8 @@ def test_saliency_png_and_overlay(client):
 def test_saliency_for_a_requested_target(client):
     for target in ("surprise", "5"):
         body = client.post(f"/saliency?format=json&target={target}", files=upload(face_bytes("happy"))).json()
-        assert body["maps"][0]["target"] == "surprise" and body["maps"][0]["target_index"] == 5
+        face = body["images"][0]["faces"][0]
+        assert face["target"] == "surprise" and face["target_index"] == 5
 
 
 def test_saliency_looks_at_eyes_brows_and_mouth_not_the_background(client):
@@ -142,7 +149,7 @@ def test_saliency_looks_at_eyes_brows_and_mouth_not_the_background(client):
     for i, expression in enumerate(EXPRESSIONS * 2):
         image, features = face(expression, seed=100 + i)
         body = client.post("/saliency?format=json", files=upload(face_bytes(expression, seed=100 + i))).json()
-        saliency = torch.tensor(body["maps"][0]["saliency"])[None, None]
+        saliency = torch.tensor(body["images"][0]["faces"][0]["saliency"])[None, None]
         saliency = F.interpolate(saliency, size=(48, 48), mode="bilinear", align_corners=False)[0, 0].numpy()
         regions = F.max_pool2d(torch.tensor(features, dtype=torch.float32)[None, None], 7, 1, 3)[0, 0].numpy() > 0
         background = _background(image)

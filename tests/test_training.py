@@ -183,6 +183,9 @@ def shipped(model_dir, tmp_path_factory):
 def test_export_from_shipped_weights_builds_a_verified_directory(shipped, model_dir, tmp_path):
     card = json.loads(shipped.with_name("fer.card.json").read_text())
     assert card["sha256"] == file_sha256(shipped) and card["architecture"] == "resnet18"
+    evaluation = card["evaluation"]  # measured when the weights were written: fp16 loses nothing that matters
+    assert abs(evaluation["accuracy_fp16_weights"] - evaluation["accuracy"]) <= 0.002
+    assert "| happy |" in shipped.with_name("fer.md").read_text()
     assert shipped.stat().st_size < 25 * 1024 * 1024  # fp16
     out = tmp_path / "from-weights"
     assert training_main(["export", "--weights", str(shipped), "--out", str(out), "--data", "synthetic:350"]) == 0
@@ -256,3 +259,12 @@ def test_precision_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path):
                           "32", "--batch-size", "32"]) == 0
     training = load_manifest(out).training
     assert (training.precision, training.channels_last) == ("bf16", True)
+
+
+def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_weights():
+    from training.train import ema_average
+
+    average = ema_average(0.998)
+    start, current = torch.zeros(3), torch.ones(3)
+    assert torch.allclose(average(start, current, torch.tensor(0)), torch.full((3,), 0.9))  # rate 1/10 at first
+    assert torch.allclose(average(start, current, torch.tensor(10 ** 6)), torch.full((3,), 0.002))  # then the decay

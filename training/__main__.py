@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
                 export_weights,
                 measure_explanations,
                 precompute_filters,
-                save_shipped_weights,
             )
 
             if args.weights:
@@ -96,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                 manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta)
             print(f"exported model {manifest.version} to {args.out}")
             if args.save_weights:
-                card = save_shipped_weights(args.out, args.save_weights)
-                print(f"wrote {args.save_weights} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}...)")
+                from training.model_card import ship
+
+                card = ship(args.out, args.save_weights, args.data or manifest.training.data)
+                evaluation = card["evaluation"]
+                print(f"wrote {args.save_weights} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}...) "
+                      f"and its card: accuracy {evaluation['accuracy']:.4f} (tta {evaluation['tta']}), "
+                      f"{evaluation['accuracy_without_tta']:.4f} without, {evaluation['accuracy_fp16_weights']:.4f} "
+                      "with the fp16 weights")
             if args.int8:
                 from training.quantize import quantize_model_dir
 

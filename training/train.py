@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from schemas.labels import CLASSES
@@ -123,6 +124,16 @@ def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, args: argparse.Namespa
     return mixed, labels[order], 1 - cut_h * cut_w / (height * width)
 
 
+def ema_average(decay: float):
+    """The EMA update with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that a short run is
+    not averaged mostly with its random initial weights (as TensorFlow's ExponentialMovingAverage does)."""
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1 + float(updates)) / (10 + float(updates)))
+        return averaged * rate + current * (1 - rate)
+
+    return average
+
+
 def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel | None, images: torch.Tensor,
                     labels: torch.Tensor, args: argparse.Namespace, epoch: int, rank: int,
                     world_size: int) -> tuple[float, float]:
@@ -219,11 +230,20 @@ def training_config(args: argparse.Namespace, device: torch.device, world_size: 
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
                           cutmix=args.cutmix, ema_decay=args.ema_decay, weights=args.weights, seed=args.seed,
                           device=device.type, world_size=world_size, precision=args.precision,
-                          channels_last=args.channels_last, tta=args.tta)
+                          channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device))
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} CPUs"
 
 
 # Settings that may differ when a run is resumed: where it runs, not what it computes.
-RESUMABLE_CHANGES = {"device", "world_size", "precision", "channels_last", "tta"}
+RESUMABLE_CHANGES = {"device", "world_size", "precision", "channels_last", "tta", "machine"}
 
 
 def check_resume(saved: dict, config: TrainingConfig, path: Path) -> None:
@@ -276,9 +296,8 @@ def train(args: argparse.Namespace) -> None:
     model = build_model(args.architecture, args.image_size, len(CLASSES), resolve_weights(args.weights)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # Weight EMA: evaluated every epoch and exported instead of the raw weights (BatchNorm statistics too).
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True) \
-        if args.ema_decay > 0 else None
+    # Weight EMA (BatchNorm statistics too), evaluated every epoch beside the raw weights.
+    ema = AveragedModel(model, avg_fn=ema_average(args.ema_decay), use_buffers=True) if args.ema_decay > 0 else None
     trainer = _Logits(model)
     if world_size > 1:
         trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
@@ -310,26 +329,27 @@ def train(args: argparse.Namespace) -> None:
         val_loss, val_confusion, _ = evaluate(model, val_images, val_labels)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
                "val_loss": round(val_loss, 5), "val_accuracy": round(accuracy(val_confusion), 5), "lr": lr}
-        exported = model
-        if ema is not None:  # the raw weights' figures stay in the history for comparison
+        # Of the raw and the averaged weights, the epoch's candidate is the one that does better on validation.
+        candidate, candidate_accuracy, weights = model, row["val_accuracy"], "raw"
+        if ema is not None:
             ema_loss, ema_confusion, _ = evaluate(ema.module, val_images, val_labels)
-            row |= {"raw_val_loss": row["val_loss"], "raw_val_accuracy": row["val_accuracy"],
-                    "val_loss": round(ema_loss, 5), "val_accuracy": round(accuracy(ema_confusion), 5)}
-            exported = ema.module
+            row |= {"ema_val_loss": round(ema_loss, 5), "ema_val_accuracy": round(accuracy(ema_confusion), 5)}
+            if row["ema_val_accuracy"] > candidate_accuracy:
+                candidate, candidate_accuracy, weights = ema.module, row["ema_val_accuracy"], "ema"
         if device.type == "cuda":
             torch.cuda.synchronize()
         row["seconds"] = round(time.perf_counter() - epoch_start, 2)
         history.append(row)
         if rank != 0:
             continue
-        raw = f" (raw weights {row['raw_val_accuracy']:.4f})" if ema is not None else ""
+        averaged = f" (EMA {row['ema_val_accuracy']:.4f})" if ema is not None else ""
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
-              f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{raw} | {row['seconds']:.1f}s")
-        state = {"model": exported.state_dict(), "config": config.model_dump(), "input_size": args.input_size,
-                 "architecture": args.architecture, "classes": list(CLASSES), "epoch": epoch,
-                 "val_accuracy": row["val_accuracy"]}
-        if row["val_accuracy"] > best_accuracy:
-            best_accuracy = row["val_accuracy"]
+              f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{averaged} | {row['seconds']:.1f}s")
+        state = {"model": candidate.state_dict(), "config": config.model_dump(), "input_size": args.input_size,
+                 "architecture": args.architecture, "classes": list(CLASSES), "epoch": epoch, "weights": weights,
+                 "val_accuracy": candidate_accuracy}
+        if candidate_accuracy > best_accuracy:
+            best_accuracy = candidate_accuracy
             save_atomically(state, out / BEST_FILE)
         save_atomically({**state, "raw_model": model.state_dict(), "ema": ema.state_dict() if ema else None,
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -7,14 +7,23 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from schemas.api import FilterImage, FiltersResponse, LayerInfo, LayersResponse, SaliencyMap, SaliencyResponse
+from schemas.api import (
+    FaceSaliency,
+    FilterImage,
+    FiltersResponse,
+    ImageSaliency,
+    LayerInfo,
+    LayersResponse,
+    SaliencyResponse,
+)
 from service.admission import ExplanationPool, Ticket
-from service.deps import Uploaded, explanation_ticket, get_images, get_model, get_pool, get_settings
-from service.imaging import excerpt, grid, heatmap, overlay, png_bytes
+from service.deps import Uploaded, explanation_ticket, get_model, get_photos, get_pool, get_settings
+from service.imaging import ImageError, annotate, excerpt, grid, grid_size, heatmap, png_bytes, side_by_side
 from service.model import FerModel
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
-from service.routers.predict import ERRORS, IMAGES_BODY
+from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
+from service.runtime.photos import Photo
 from service.settings import Settings
 
 router = APIRouter(tags=["explain"])
@@ -30,45 +39,68 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
                                                                "layer3, layer4.1.conv2); default: layer4"),
                    format: Literal["png", "overlay", "json"] = "png",
                    scale: int = Query(4, ge=1, le=16, description="Enlargement of PNG tiles"),
-                   ticket: Ticket = Depends(explanation_ticket), uploaded: Uploaded = Depends(get_images),
+                   ticket: Ticket = Depends(explanation_ticket), uploaded: Uploaded = Depends(get_photos),
                    model: FerModel = Depends(get_model), pool: ExplanationPool = Depends(get_pool),
                    settings: Settings = Depends(get_settings)):
-    """Where the model looks: one map per image, computed as one batch. PNG tiles run left to right.
+    """Where the model looks: one map per face (faces found as by /predict), all computed as one batch.
 
-    Admitted before its images are decoded (503 when the explanation slots are full); `GET /explanations` lists
-    the methods with their measured faithfulness."""
-    cost = METHODS[method].forward_passes(len(uploaded.images))
+    png: the faces' maps left to right; overlay: each photo with every face's map drawn at its box, with the
+    box and the predicted label (photos side by side); json: the maps per image and face. Admitted before its
+    images are decoded (503 when the explanation slots are full). `GET /explanations` lists the methods with
+    their measured faithfulness."""
+    crops = uploaded.crops
+    cost = METHODS[method].forward_passes(len(crops))
     if cost > settings.max_explanation_passes:
-        raise HTTPException(422, f"{method} on {len(uploaded.images)} images costs {cost} forward passes, more "
-                                 f"than the budget of {settings.max_explanation_passes} per request: send fewer "
-                                 "images or use a cheaper method")
+        raise HTTPException(422, f"{method} on {len(crops)} faces costs {cost} forward passes, more than the "
+                                 f"budget of {settings.max_explanation_passes} per request: send fewer images or "
+                                 "use a cheaper method")
     target_index = _parse_target(target, model.classes)
     if layer is not None and not METHODS[method].uses_layer:
         raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
     if layer is not None:
         _check_layer(model, layer)
     started = time.perf_counter()
-    maps, targets, probabilities = await pool.run(ticket, request, model.saliency, uploaded.images, method,
-                                                  target_index, layer)
+    maps = np.zeros((0, 1, 1), dtype=np.float32)
+    targets, predicted, confidence = [], [], []
+    if len(crops):
+        result = await pool.run(ticket, request, model.saliency, crops, method, target_index, layer)
+        maps, targets = result[0].numpy(), result[1].tolist()
+        predicted = result[2].argmax(1).tolist()
+        confidence = result[2].max(1).values.tolist()
     classes = model.classes
-    model.metrics.images.labels("/saliency").inc(len(maps))
-    predicted = probabilities.argmax(1).tolist()
+    model.metrics.images.labels("/saliency").inc(len(crops))
     timing = {"decode": round(uploaded.decode_ms, 3), "explain": round((time.perf_counter() - started) * 1000, 3)}
     if format == "json":
-        return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, maps=[
-            SaliencyMap(filename=name, target=classes[t], target_index=t, predicted=classes[p],
-                        confidence=float(probabilities[i, p]), height=m.shape[0], width=m.shape[1],
-                        saliency=m.round(decimals=4).tolist())
-            for i, (name, m, t, p) in enumerate(zip(uploaded.filenames, maps.numpy(), targets.tolist(), predicted))])
-    content = await run_in_threadpool(_saliency_png, uploaded.images, maps.numpy(), format == "overlay", scale)
+        rows = iter(range(len(crops)))
+        images = [ImageSaliency(filename=photo.filename, width=photo.width, height=photo.height,
+                                faces_truncated=photo.truncated, reason=photo.reason, faces=[
+                                    FaceSaliency(**face_fields(face), target=classes[targets[i]],
+                                                 target_index=targets[i], predicted=classes[predicted[i]],
+                                                 confidence=confidence[i], height=maps[i].shape[0],
+                                                 width=maps[i].shape[1], saliency=maps[i].round(decimals=4).tolist())
+                                    for face, i in zip(photo.faces, rows)])
+                  for photo in uploaded.photos]
+        return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, images=images)
+    labels = [classes[p] for p in predicted]
+    try:
+        content = await run_in_threadpool(_saliency_png, uploaded.photos, maps, labels, format == "overlay", scale,
+                                          settings.max_png_pixels)
+    except ImageError as error:
+        raise HTTPException(error.status, str(error)) from None
     return Response(content, media_type="image/png", headers={
-        "X-Targets": ",".join(classes[t] for t in targets.tolist()),
-        "X-Predicted": ",".join(classes[p] for p in predicted)})
+        "X-Targets": ",".join(classes[t] for t in targets), "X-Predicted": ",".join(labels)})
 
 
-def _saliency_png(images: np.ndarray, maps: np.ndarray, over_input: bool, scale: int) -> bytes:
-    tiles = [overlay(image[0], m) if over_input else heatmap(m) for image, m in zip(images, maps)]
-    return png_bytes(grid(tiles, columns=len(tiles), scale=scale))
+def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over_input: bool, scale: int,
+                  max_pixels: int) -> bytes:
+    if over_input:
+        faces = iter(zip(maps, labels))
+        drawn = [annotate(photo, [next(faces) for _ in photo.faces]) for photo in photos]
+        return png_bytes(side_by_side(drawn, max_pixels))
+    if not len(maps):
+        raise ImageError("no face found in any image: there is no map to draw (see format=json for the reasons)",
+                         status=422)
+    return png_bytes(grid([heatmap(m) for m in maps], len(maps), scale, max_pixels))
 
 
 def _parse_target(target: str | None, classes: list[str]) -> int | None:
@@ -121,6 +153,11 @@ async def filters(request: Request, layer: str = Path(description="e.g. conv1, l
         raise HTTPException(400, f"steps={steps} exceeds the limit of {settings.max_filter_steps}")
     indices = _parse_filters(filters, conv.weight.shape[0], layer, settings.max_filters_per_request)
     filter_request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
+    if format == "png":  # refuse an oversized picture before any work
+        try:
+            grid_size(len(indices), (filter_request.size, filter_request.size), columns, scale, settings.max_png_pixels)
+        except ImageError as error:
+            raise HTTPException(error.status, str(error)) from None
     result = await run_in_threadpool(model.cached_filters, filter_request)
     cached = result is not None
     if not cached:
@@ -136,7 +173,7 @@ async def filters(request: Request, layer: str = Path(description="e.g. conv1, l
             FilterImage(filter=index, activation=float(activation), image=image.round(decimals=4).tolist())
             for index, image, activation in zip(indices, result.images, result.activations)])
     tiles = [(image * 255).astype(np.uint8) for image in result.images]
-    content = await run_in_threadpool(lambda: png_bytes(grid(tiles, columns=columns, scale=scale)))
+    content = await run_in_threadpool(lambda: png_bytes(grid(tiles, columns, scale, settings.max_png_pixels)))
     return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
 
 

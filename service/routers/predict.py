@@ -1,11 +1,13 @@
 import time
 
+import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from schemas.api import ClassProbability, ErrorResponse, Prediction, PredictResponse
+from schemas.api import ClassProbability, ErrorResponse, FaceBox, FacePrediction, ImagePrediction, PredictResponse
 from service.batching import DynamicBatcher, QueueFullError, ShuttingDownError
 from service.deps import Uploaded, get_batcher, get_images, get_model
 from service.model import FerModel
+from service.runtime.photos import FoundFace
 
 router = APIRouter(tags=["predict"])
 
@@ -26,24 +28,39 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 42
 async def predict(top_k: int | None = Query(None, ge=1, description="Also list the k most likely"),
                   uploaded: Uploaded = Depends(get_images),
                   model: FerModel = Depends(get_model), batcher: DynamicBatcher = Depends(get_batcher)) -> PredictResponse:
-    """Expression probabilities for one or many images (multipart `files` or JSON base64 `images`)."""
+    """Expression probabilities for each face of one or many images (multipart `files` or JSON base64 `images`).
+
+    Faces are found first (`faces=auto`); all faces of all concurrent requests go through the model together."""
     started = time.perf_counter()
-    try:
-        result = await batcher.submit(uploaded.images)
-    except (QueueFullError, ShuttingDownError) as error:
-        raise HTTPException(503, f"try again shortly: {error}", headers={"Retry-After": "1"}) from None
-    model.metrics.images.labels("/predict").inc(len(uploaded.images))
-    predictions = [_prediction(name, row, top_k, model.classes)
-                   for name, row in zip(uploaded.filenames, result.probabilities.tolist())]
+    crops = uploaded.crops
+    probabilities, queue_ms, inference_ms = np.zeros((0, len(model.classes)), dtype=np.float32), 0.0, 0.0
+    if len(crops):
+        try:
+            result = await batcher.submit(crops)
+        except (QueueFullError, ShuttingDownError) as error:
+            raise HTTPException(503, f"try again shortly: {error}", headers={"Retry-After": "1"}) from None
+        probabilities, queue_ms, inference_ms = result.probabilities, result.queue_s * 1000, result.inference_s * 1000
+    model.metrics.images.labels("/predict").inc(len(crops))
+    rows = iter(probabilities.tolist())
+    predictions = [ImagePrediction(filename=photo.filename, width=photo.width, height=photo.height,
+                                   faces_truncated=photo.truncated, reason=photo.reason,
+                                   faces=[_prediction(face, next(rows), top_k, model.classes) for face in photo.faces])
+                   for photo in uploaded.photos]
     return PredictResponse(model=model.info(), predictions=predictions, timing_ms={
-        "decode": round(uploaded.decode_ms, 3), "queue": round(result.queue_s * 1000, 3), "inference": round(result.inference_s * 1000, 3),
+        "decode": round(uploaded.decode_ms, 3), "queue": round(queue_ms, 3), "inference": round(inference_ms, 3),
         "total": round(uploaded.decode_ms + (time.perf_counter() - started) * 1000, 3)})
 
 
-def _prediction(filename: str, probabilities: list[float], top_k: int | None, classes: list[str]) -> Prediction:
+def face_fields(face: FoundFace) -> dict:
+    x, y, width, height = face.box
+    return {"box": FaceBox(x=x, y=y, width=width, height=height), "detection_score": face.score,
+            "source": face.source}
+
+
+def _prediction(face: FoundFace, probabilities: list[float], top_k: int | None, classes: list[str]) -> FacePrediction:
     index = max(range(len(classes)), key=probabilities.__getitem__)
     ranked = sorted(range(len(classes)), key=probabilities.__getitem__, reverse=True)[:top_k] if top_k else None
-    return Prediction(filename=filename, label=classes[index], index=index, confidence=probabilities[index],
-                      probabilities=dict(zip(classes, probabilities)),
-                      top_k=[ClassProbability(label=classes[i], probability=probabilities[i]) for i in ranked]
-                      if ranked else None)
+    return FacePrediction(**face_fields(face), label=classes[index], index=index, confidence=probabilities[index],
+                          probabilities=dict(zip(classes, probabilities)),
+                          top_k=[ClassProbability(label=classes[i], probability=probabilities[i]) for i in ranked]
+                          if ranked else None)

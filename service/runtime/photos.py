@@ -5,6 +5,7 @@ as one face (what FER2013-style crops are); `detect` keeps only what the detecto
 whole image.
 """
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -38,7 +39,7 @@ class FaceOptions:
     size: int  # the model's input side
     min_face: int
     max_faces: int
-    max_detect_side: int
+    max_detect_pixels: int
     whole_image_max_side: int  # auto: the largest side still taken whole when no face is found
 
 
@@ -54,14 +55,21 @@ def find_faces(image: np.ndarray, filename: str, original_size: tuple[int, int],
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = image.shape[1] / width  # decoded pixels per uploaded pixel
     if options.mode != "none":
-        detected, truncated = detect_faces(image, detector, options.max_detect_side,
+        detected, truncated = detect_faces(image, detector, _detection_side(image, options.max_detect_pixels),
                                            max(1, round(options.min_face * scale)), options.max_faces)
         if detected or options.mode == "detect" or not _small_and_square(width, height, options):
-            reason = None if detected else (f"no face of at least {options.min_face} pixels found")
+            reason = None if detected else f"no face of at least {options.min_face} pixels found"
             return Photo(filename, width, height, [_found(face, scale) for face in detected],
                          _crops(grey, detected, options.size), truncated, reason, image)
     faces = [FoundFace((0, 0, width, height), None, "whole_image")]
     return Photo(filename, width, height, faces, whole_image(grey, options.size)[None, None], upright=image)
+
+
+def _detection_side(image: np.ndarray, max_pixels: int) -> int:
+    """The longer side of a detection copy of at most `max_pixels` pixels: bounded in pixels rather than in
+    side, so that a panorama's faces stay large enough to be found."""
+    height, width = image.shape[:2]
+    return max(1, round(max(height, width) * min(1.0, math.sqrt(max_pixels / (height * width)))))
 
 
 def _small_and_square(width: int, height: int, options: FaceOptions) -> bool:

@@ -1,0 +1,98 @@
+"""The model card that ships beside the weights: measured on the data (with and without TTA, and the fp16
+weights themselves), written as JSON (read by `export --weights`) and as Markdown (read by people)."""
+
+import json
+import tempfile
+from pathlib import Path
+
+from training.evaluate import evaluate_model_dir
+from training.export import card_path, export_weights, save_shipped_weights
+
+LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from web searches. Photos go through the
+  service's face detector first; profiles, occlusions, strong head turns and non-face images are outside
+  what the model has seen.
+- Seven posed-or-spontaneous expression classes, unevenly represented (disgust has about 1.5 % of the
+  training images); accuracy differs a lot by class (see the table).
+- FER2013's licence is for research: check it before any other use. The model inherits the biases of its
+  data (age, ethnicity and gender are not balanced or recorded)."""
+
+
+def ship(model_dir: Path, weights: Path, data: str) -> dict:
+    """Write fp16 weights and their card, with accuracy measured on `data`'s validation split: the directory
+    (fp32) with its TTA and without, and the fp16 weights exported back into a directory."""
+    card = save_shipped_weights(model_dir, weights)
+    fp32 = evaluate_model_dir(model_dir, data)
+    plain = evaluate_model_dir(model_dir, data, tta="none")
+    with tempfile.TemporaryDirectory() as scratch:
+        export_weights(weights, Path(scratch) / "fp16", data)
+        fp16 = evaluate_model_dir(Path(scratch) / "fp16", data)
+    card["evaluation"] = {"data": data, "split": fp32["split"], "samples": fp32["samples"], "tta": fp32["tta"],
+                          "accuracy": fp32["accuracy"], "accuracy_without_tta": plain["accuracy"],
+                          "accuracy_fp16_weights": fp16["accuracy"], "macro_f1": fp32["macro_f1"],
+                          "per_class": fp32["per_class"], "confusion_matrix": fp32["confusion_matrix"]}
+    card_path(weights).write_text(json.dumps(card, indent=1))
+    weights.with_name(weights.name.removesuffix(".safetensors") + ".md").write_text(render(card))
+    return card
+
+
+def training_command(training: dict) -> str:
+    options = ["data", "architecture", "epochs", "image_size", "batch_size", "optimizer", "lr", "weight_decay",
+               "label_smoothing", "mixup", "cutmix", "ema_decay", "weights", "seed", "precision", "tta"]
+    return "python -m training train --out RUN_DIR " + " ".join(
+        f"--{name.replace('_', '-')} {training[name]}" for name in options if name in training)
+
+
+def render(card: dict) -> str:
+    evaluation, training, history = card["evaluation"], card["training"], card["history"]
+    seconds = sum(row.get("seconds", 0) for row in history)
+    classes = card["classes"]
+    per_class = "\n".join(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+                          for name, m in evaluation["per_class"].items())
+    counts = evaluation["confusion_matrix"]["counts"]
+    matrix = "\n".join(f"| **{name}** | " + " | ".join(str(c) for c in row) + " |" for name, row in zip(classes, counts))
+    return f"""# Model card: `{card['file']}`
+
+ResNet18 (`{card['architecture']}` in the architecture registry: torchvision ResNet18, last layer
+`Dropout(0.5)` + `Linear(512, {len(classes)})`) for facial expressions, trained from scratch on FER2013.
+
+| | |
+| --- | --- |
+| file | `{card['file']}`, fp16 safetensors, {card['bytes'] / 1e6:.1f} MB |
+| sha256 | `{card['sha256']}` |
+| classes, in output order | {', '.join(f'{i} {name}' for i, name in enumerate(classes))} (FER2013's canonical order) |
+| input | grey uint8 {card['input_size']}x{card['input_size']} face crops; the network sees {training['image_size']}x{training['image_size']} |
+| data | FER2013 Training (28,709 images) for training; PublicTest (3,589) for every choice and figure here |
+| epochs | {training['epochs']} |
+| training time | {seconds / 60:.1f} min ({training['device']}, precision {training['precision']}) on {training.get('machine') or 'the machine named in docs/benchmarks.md'} |
+| test-time augmentation | `{card['tta']}` (applied by `evaluate` and by the service) |
+
+Command (from the repository root):
+
+```bash
+{training_command(training)}
+```
+
+## Accuracy on {evaluation['data']} {evaluation['split']} ({evaluation['samples']} faces)
+
+| weights | TTA | accuracy |
+| --- | --- | --- |
+| fp32 (exported directory) | `{evaluation['tta']}` | **{evaluation['accuracy'] * 100:.2f} %** |
+| fp32 | none | {evaluation['accuracy_without_tta'] * 100:.2f} % |
+| fp16 (this file) | `{evaluation['tta']}` | {evaluation['accuracy_fp16_weights'] * 100:.2f} % |
+
+Macro F1 {evaluation['macro_f1']:.3f}.
+
+| class | precision | recall | F1 | faces |
+| --- | --- | --- | --- | --- |
+{per_class}
+
+Confusion matrix (rows: true class, columns: predicted, in class order):
+
+| | {' | '.join(classes)} |
+| --- | {' | '.join('---' for _ in classes)} |
+{matrix}
+
+## Known limits
+
+{LIMITS}
+"""
