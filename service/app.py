@@ -4,6 +4,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.batching import DynamicBatcher
 from service.metrics import Metrics, MetricsMiddleware
@@ -11,6 +12,7 @@ from service.model import FerModel
 from service.routers import explain, health, model, predict
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
+from service.web import add_web_page
 
 logger = logging.getLogger("service")
 
@@ -34,12 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.close()
         logger.info("drained and stopped")
 
-    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan,
-                  description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and filter views.")
+    # /docs: Swagger UI served from the fastapi-offline package, so it works offline. No /redoc: ReDoc's page
+    # always fetches its maker's logo from a CDN.
+    app = FastAPIOffline(title="FER explain", version="0.1.0", lifespan=lifespan, redoc_url=None,
+                         description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and "
+                                     "filter views. A web page for people is at `/`.")
     app.state.settings = settings
     app.state.metrics = metrics
     for router in (predict.router, explain.router, model.router, health.router):
         app.include_router(router)
+    add_web_page(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

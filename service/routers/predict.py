@@ -2,7 +2,7 @@ import time
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
-from schemas.api import ClassProbability, ErrorResponse, Prediction, PredictResponse
+from schemas.api import ClassProbability, ErrorResponse, ImagesRequest, Prediction, PredictResponse
 from schemas.labels import CLASSES
 from service.batching import DynamicBatcher, QueueFullError, ShuttingDownError
 from service.deps import Uploaded, get_batcher, get_images, get_model
@@ -16,7 +16,8 @@ IMAGES_BODY = {
         "content": {
             "multipart/form-data": {"schema": {"type": "object", "properties": {
                 "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-            "application/json": {"schema": {"$ref": "#/components/schemas/ImagesRequest"}},
+            # Inline: a $ref would dangle, as no route takes ImagesRequest as a declared body parameter.
+            "application/json": {"schema": ImagesRequest.model_json_schema()},
         },
     }
 }
