@@ -7,7 +7,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const FACE_COLOURS = ["#ffcc00", "#00d1ff", "#ff5ca8", "#7dff6b", "#ff8a3d", "#b48cff"];
 const METHOD_NAMES = { vanilla: "vanilla gradient", smoothgrad: "SmoothGrad", gradcam: "Grad-CAM" };
 const ERROR_PREFIX = {
-  400: "The service could not use this", 404: "Not found", 413: "Too large", 415: "Not an accepted kind of upload",
+  400: "This could not be used", 404: "Not found", 413: "Too large", 415: "Not an accepted kind of upload",
   422: "The request was not valid", 503: "The service is busy or still starting",
 };
 
