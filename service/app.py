@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
 from service.admission import Busy, Draining, ExplanationPool
@@ -18,6 +19,7 @@ from service.runtime.explain import Cancelled
 from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
+from service.web import add_web_page
 
 logger = logging.getLogger("service")
 
@@ -44,8 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.close()
         logger.info("drained and stopped")
 
-    app = FastAPI(title="FER explain", version="0.1.0", lifespan=lifespan, dependencies=[Depends(require_api_key)],
-                  description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and filter views.")
+    # /docs: Swagger UI served from the fastapi-offline package, so it works offline. No /redoc: ReDoc's page
+    # always fetches its maker's logo from a CDN.
+    app = FastAPIOffline(title="FER explain", version="0.1.0", lifespan=lifespan, redoc_url=None,
+                         dependencies=[Depends(require_api_key)],
+                         description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and "
+                                     "filter views. A web page for people is at `/`.")
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = api_keys
@@ -53,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.decode_slots = threading.BoundedSemaphore(settings.max_decodes_in_flight)
     for router in (predict.router, explain.router, model.router, health.router):
         app.include_router(router)
+    add_web_page(app)
     install_error_handlers(app)
     app.add_exception_handler(Busy, _unavailable)
     app.add_exception_handler(Draining, _unavailable)
