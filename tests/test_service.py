@@ -48,7 +48,7 @@ def test_model_report_serves_architecture_history_and_confusion(client):
 # --- predict ---------------------------------------------------------------------------------------
 
 def test_predict_one_image(client):
-    response = client.post("/predict", files=upload(face_bytes("happy"), names=["a.png"]))
+    response = client.post("/predict?faces=none", files=upload(face_bytes("happy"), names=["a.png"]))
     assert response.status_code == 200
     body = PredictResponse.model_validate(response.json())
     image = body.predictions[0]

@@ -31,6 +31,9 @@ async def predict(top_k: int | None = Query(None, ge=1, description="Also list t
     """Expression probabilities for each face of one or many images (multipart `files` or JSON base64 `images`).
 
     Faces are found first (`faces=auto`); all faces of all concurrent requests go through the model together."""
+    if top_k is not None and top_k > len(model.classes):
+        raise HTTPException(422, f"query parameter `top_k`: {top_k} is more than the model's {len(model.classes)} "
+                                 "classes")
     started = time.perf_counter()
     crops = uploaded.crops
     probabilities, queue_ms, inference_ms = np.zeros((0, len(model.classes)), dtype=np.float32), 0.0, 0.0

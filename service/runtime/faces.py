@@ -106,7 +106,7 @@ class MtcnnDetector:
 
     def detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]:
         image = np.ascontiguousarray(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2))
-        if min(image.shape[:2]) < 12:  # smaller than P-Net's window
+        if min(image.shape[:2]) < max(12, min_size):  # smaller than P-Net's window or the smallest face asked for
             return []
         # What MTCNN.detect runs, with the minimum face size given per call rather than set on the shared object.
         with self.torch.inference_mode():
