@@ -4,11 +4,14 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from service.batching import DynamicBatcher
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import FerModel
-from service.routers import explain, health, model, predict
+from service.oip import ProtocolError
+from service.routers import explain, health, model, predict, v2
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
 
@@ -38,8 +41,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Facial-expression recognition (FER2013, ResNet18) with saliency maps and filter views.")
     app.state.settings = settings
     app.state.metrics = metrics
-    for router in (predict.router, explain.router, model.router, health.router):
+    for router in (predict.router, explain.router, model.router, health.router, v2.router):
         app.include_router(router)
+    # Errors under /v2 are the protocol's {"error": ...}; the other routes keep FastAPI's {"detail": ...}.
+    app.add_exception_handler(HTTPException, v2.http_error)
+    app.add_exception_handler(RequestValidationError, v2.validation_error)
+    app.add_exception_handler(ProtocolError, v2.protocol_error)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

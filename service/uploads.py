@@ -63,8 +63,9 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"detail": f"request body of {int(declared)} bytes exceeds the limit of "
-                                               f"{self.max_bytes}"}, status_code=413, headers={"connection": "close"})
+            message = f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes}"
+            key = "error" if scope["path"].startswith("/v2/") else "detail"  # the Open Inference Protocol's key
+            response = JSONResponse({key: message}, status_code=413, headers={"connection": "close"})
             await response(scope, receive, send)
             return
         received = 0
