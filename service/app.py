@@ -4,18 +4,16 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
-from service.admission import Busy, Draining, ExplanationPool
+from service.admission import ExplanationPool
 from service.batching import DynamicBatcher
 from service.errors import install_error_handlers, install_openapi
 from service.metrics import Metrics, MetricsMiddleware
 from service.model import FerModel
-from service.routers import explain, health, model, predict
-from service.runtime.explain import Cancelled
+from service.routers import explain, health, model, predict, v2
 from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
@@ -57,13 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = api_keys
     app.state.draining = threading.Event()  # set by the server on SIGTERM: /readyz turns 503 at once
     app.state.decode_slots = threading.BoundedSemaphore(settings.max_decodes_in_flight)
-    for router in (predict.router, explain.router, model.router, health.router):
+    for router in (predict.router, explain.router, model.router, health.router, v2.router):
         app.include_router(router)
     add_web_page(app)
     install_error_handlers(app)
-    app.add_exception_handler(Busy, _unavailable)
-    app.add_exception_handler(Draining, _unavailable)
-    app.add_exception_handler(Cancelled, _unavailable)
     install_openapi(app, keys_required=api_keys.enabled, metrics_open=not settings.metrics_require_key)
     # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -73,8 +68,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            expose_headers=["X-Targets", "X-Predicted", "X-Cache", "X-Filters", "Retry-After"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-async def _unavailable(request: Request, error: Exception) -> JSONResponse:
-    """Explanation slots full, work cancelled, or the service draining: retry, elsewhere or later."""
-    return JSONResponse({"detail": f"try again shortly: {error}"}, status_code=503, headers={"Retry-After": "1"})

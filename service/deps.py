@@ -62,14 +62,14 @@ async def _decode(request: Request, model: FerModel, settings: Settings, faces: 
     started = time.perf_counter()
     files = await read_uploads(request, settings.max_images_per_request)
     try:
-        photos = await run_in_threadpool(_preprocess, model, files, faces, keep_upright,
+        photos = await run_in_threadpool(preprocess_bounded, model, files, faces, keep_upright,
                                          request.app.state.decode_slots)
     except ImageError as error:
         raise HTTPException(error.status, str(error)) from None
     return Uploaded(photos, (time.perf_counter() - started) * 1000)
 
 
-def _preprocess(model: FerModel, files: list[tuple[str, bytes]], faces: str, keep_upright: bool,
+def preprocess_bounded(model: FerModel, files: list[tuple[str, bytes]], faces: str, keep_upright: bool,
                 slots: threading.BoundedSemaphore) -> list[Photo]:
     """A request's images are decoded one after another, so one slot per request bounds decodes in flight
     (and the memory of full-size decoded images) to the number of slots."""

@@ -8,8 +8,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from schemas.api import ErrorResponse, ImagesRequest
+from service.admission import Busy, Draining
+from service.batching import QueueFullError, ShuttingDownError
 from service.imaging import excerpt
+from service.oip import ProtocolError
+from service.runtime.explain import Cancelled
 from service.security import is_open
 
 INPUT_EXCERPT = 40  # characters of a rejected value quoted back
@@ -35,12 +41,44 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-async def validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": validation_message(list(error.errors()))}, status_code=422)
+V2_PREFIX = "/v2"
+
+
+def error_key(path: str) -> str:
+    """The Open Inference Protocol's routes answer `{"error": ...}`; the service's own `{"detail": ...}`."""
+    return "error" if path == V2_PREFIX or path.startswith(V2_PREFIX + "/") else "detail"
+
+
+def error_response(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({error_key(request.url.path): message}, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return error_response(request, error.status_code, str(error.detail), getattr(error, "headers", None))
+
+
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with one readable message; the protocol's routes call a malformed request a 400."""
+    status = 400 if error_key(request.url.path) == "error" else 422
+    return error_response(request, status, validation_message(list(error.errors())))
+
+
+async def protocol_error(request: Request, error: ProtocolError) -> JSONResponse:
+    return error_response(request, error.status, str(error))
+
+
+async def unavailable(request: Request, error: Exception) -> JSONResponse:
+    """Explanation slots full, work cancelled, the queue full or the service draining: retry shortly."""
+    return error_response(request, 503, f"try again shortly: {error}", {"Retry-After": "1"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    """Every error the service maps to a status, in one place."""
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ProtocolError, protocol_error)
+    for error in (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError):
+        app.add_exception_handler(error, unavailable)
 
 
 def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> None:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.api import ImagesRequest
 from service.errors import validation_message
+from service.errors import error_key
 from service.imaging import excerpt
 
 # Starlette's multipart parser answers 400 with these messages when a form has more parts than allowed.
@@ -89,8 +90,9 @@ class BodySizeLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         # (a length of more digits than any limit is refused without converting it: int() caps digits)
         if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
-            response = JSONResponse({"detail": f"request body of {excerpt(declared.decode(), 20)} bytes exceeds "
-                                               f"the limit of {self.max_bytes}"}, status_code=413, headers={"connection": "close"})
+            message = f"request body of {excerpt(declared.decode(), 20)} bytes exceeds the limit of {self.max_bytes}"
+            response = JSONResponse({error_key(scope["path"]): message}, status_code=413,
+                                    headers={"connection": "close"})
             await response(scope, receive, send)
             return
         received = 0

@@ -28,7 +28,7 @@ from .images import face_bytes
 DOCKER = ROOT / "docker"
 K8S = DOCKER / "k8s"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
-CRD_KINDS = {"ServiceMonitor", "InferenceService"}
+CRD_KINDS = {"ServiceMonitor", "InferenceService", "ServingRuntime"}
 KUBECTL = shutil.which("kubectl")
 PROMTOOL = shutil.which("promtool")
 
@@ -41,6 +41,11 @@ def tool(name: str) -> str:
 
 def documents(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kserve_container() -> dict:
+    """The predictor's container, described by the ServingRuntime the InferenceService selects."""
+    return by_kind(documents(K8S / "kserve" / "inferenceservice.yaml"), "ServingRuntime")["spec"]["containers"][0]
 
 
 def rendered(overlay: str) -> list[dict]:
@@ -136,10 +141,14 @@ def test_base_and_kserve_manifests_validate():
         for doc in documents(path):
             if doc["kind"] not in CRD_KINDS and doc["kind"] != "Kustomization":
                 kubernetes_validate.validate(doc, "1.37.0", strict=True)
-    service = documents(K8S / "kserve" / "inferenceservice.yaml")[0]
+    service, runtime = documents(K8S / "kserve" / "inferenceservice.yaml")
     assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and model["runtime"] == runtime["metadata"]["name"]
+    assert runtime["kind"] == "ServingRuntime" and "v2" in runtime["spec"]["protocolVersions"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "kserve-predictor"},
-           "spec": {"containers": service["spec"]["predictor"]["containers"]}}
+           "spec": {"containers": runtime["spec"]["containers"]}}
     kubernetes_validate.validate(pod, "1.37.0", strict=True)  # the predictor's containers are core Containers
 
 
@@ -162,7 +171,7 @@ def test_deployment_is_hardened_and_drains():
 def deployment_env_names() -> dict[str, set[str]]:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     gpu_literals = documents(K8S / "overlays" / "gpu" / "kustomization.yaml")[0]["configMapGenerator"][0]["literals"]
-    kserve = documents(K8S / "kserve" / "inferenceservice.yaml")[0]["spec"]["predictor"]["containers"][0]["env"]
+    kserve = kserve_container()["env"]
     sources = {
         "configmap": set(documents(K8S / "base" / "configmap.yaml")[0]["data"]),
         "gpu overlay": {literal.split("=")[0] for literal in gpu_literals},
@@ -197,9 +206,10 @@ def test_probe_paths_metrics_path_and_ports_match_the_service():
     service = documents(K8S / "base" / "service.yaml")[0]
     assert monitor["spec"]["endpoints"][0]["path"] in routes
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == container["ports"][0]["name"]
-    kserve = documents(K8S / "kserve" / "inferenceservice.yaml")[0]["spec"]["predictor"]["containers"][0]
+    kserve = kserve_container()
     assert kserve["ports"][0]["containerPort"] == port
-    assert {kserve["readinessProbe"]["httpGet"]["path"], kserve["livenessProbe"]["httpGet"]["path"]} <= routes
+    probes = {kserve["readinessProbe"]["httpGet"]["path"], kserve["livenessProbe"]["httpGet"]["path"]}
+    assert probes == {"/v2/health/ready", "/v2/health/live"} and probes <= routes  # the protocol's health paths
     prometheus = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     job = prometheus["scrape_configs"][0]
     assert job["metrics_path"] in routes and all(t.endswith(f":{port}") for t in job["static_configs"][0]["targets"])
