@@ -16,6 +16,12 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class ProtocolErrorResponse(BaseModel):
+    """The Open Inference Protocol's error body, under /v2."""
+
+    error: str
+
+
 class ImagesRequest(BaseModel):
     """JSON alternative to multipart upload."""
 

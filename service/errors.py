@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.api import ErrorResponse, ImagesRequest
+from schemas.api import ErrorResponse, ImagesRequest, ProtocolErrorResponse
 from service.admission import Busy, Draining
 from service.batching import QueueFullError, ShuttingDownError
 from service.imaging import excerpt
@@ -91,13 +91,14 @@ def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> No
         document = get_openapi(title=app.title, version=app.version, description=app.description,
                                routes=app.routes)
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ImagesRequest, ErrorResponse):
+        for model in (ImagesRequest, ErrorResponse, ProtocolErrorResponse):
             schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name in FASTAPI_VALIDATION_SCHEMAS:
             schemas.pop(name, None)
         for path, operations in document["paths"].items():
             for operation in operations.values():
-                _document_errors(operation, protected=keys_required and not is_open(path, metrics_open))
+                _document_errors(operation, protected=keys_required and not is_open(path, metrics_open),
+                                 protocol=error_key(path) == "error")
         if keys_required:
             document["components"]["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -108,12 +109,17 @@ def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> No
     app.openapi = openapi
 
 
-def _document_errors(operation: dict, protected: bool) -> None:
+def _document_errors(operation: dict, protected: bool, protocol: bool) -> None:
+    """The service's routes answer invalid parameters 422 `{"detail"}`; the protocol's (v2) answer them 400
+    `{"error"}`, as their own responses document."""
     responses = operation.setdefault("responses", {})
-    if "422" in responses or operation.get("parameters"):
+    schema = {"$ref": "#/components/schemas/ProtocolErrorResponse"} if protocol else ERROR_SCHEMA
+    if protocol:
+        responses.pop("422", None)
+    elif "422" in responses or operation.get("parameters"):
         responses["422"] = {"description": "Invalid parameter: the message names it",
                             "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     if protected:
         responses["401"] = {"description": "Missing or invalid API key",
-                            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+                            "content": {"application/json": {"schema": schema}}}
         operation["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -4,6 +4,7 @@ operation; no 5xx, every status documented, every response body as documented. A
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
@@ -35,4 +36,7 @@ def test_api_conforms_to_its_openapi_document(served, mode):
         def conforms(case):
             case.call_and_validate(base_url=served["base"], timeout=30, excluded_checks=NOT_EXPRESSIBLE)
 
-        conforms()
+        try:
+            conforms()
+        except Unsatisfiable:
+            assert mode is GenerationMode.NEGATIVE  # free-form path strings: no request can get them wrong

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from schemas.api import ProtocolErrorResponse
 from service import oip
 from service.batching import QueueFullError, ShuttingDownError
 from service.deps import get_model, preprocess_bounded
@@ -28,7 +29,10 @@ from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
 from service.oip import ProtocolError
 from service.settings import Settings
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+# 400 malformed request or model not ready, 404 unknown model or version, 413 past a limit, 415 unknown encoding,
+# 503 queue or explanation slots full: every error is the protocol's `{"error": ...}`.
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"],
+                   responses={status: {"model": ProtocolErrorResponse} for status in (400, 404, 413, 415, 503)})
 PREFIX = "/v2/"
 SERVER_NAME = "fer-explain"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
