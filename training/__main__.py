@@ -1,4 +1,4 @@
-"""`python -m training train|export|evaluate`: one parser, three commands."""
+"""`python -m training train|export|evaluate|report`: one parser, four commands."""
 
 import argparse
 import json
@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plots", type=Path, help="write the confusion-matrix plot and metrics here")
     evaluate.add_argument("--explanations", type=int, metavar="N", default=0,
                           help="also measure every saliency method's faithfulness on N faces of the split")
+    report = commands.add_parser("report", help="the course report's five questions for a model directory, as "
+                                                "one self-contained HTML file, with the derivations checked")
+    report.add_argument("--model", required=True, type=Path)
+    report.add_argument("--data", help="faces for the saliency grid (default: the training data's val split)")
+    report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--steps", type=int, default=64, help="gradient-ascent steps of the filter views")
     return parser
 
 
@@ -114,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"measured the faithfulness of {len(rows)} saliency methods on {args.explanations} faces")
             if args.filters:
                 print(f"precomputed {precompute_filters(args.out)} filter visualisations in {args.out}/filters")
+        elif args.command == "report":
+            from training.report import build_report
+
+            args.out.write_text(build_report(args.model, args.data, args.steps))
+            print(f"wrote {args.out}")
         else:
             from training.evaluate import evaluate_model_dir
 

@@ -60,7 +60,7 @@ SMOOTHGRAD_NOISE = 0.15  # of each image's value range, as Smilkov et al. (2017)
 
 
 def _smoothgrad(explainer, inputs, targets, layer):
-    spread = SMOOTHGRAD_NOISE * float(inputs.amax() - inputs.amin())
+    spread = SMOOTHGRAD_NOISE * float(inputs.detach().amax() - inputs.detach().amin())
     tunnel = NoiseTunnel(Saliency(explainer.model.net))
     return _channel_max(tunnel.attribute(inputs, nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES,
                                          nt_samples_batch_size=4, stdevs=spread, target=targets, abs=True))
