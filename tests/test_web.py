@@ -18,7 +18,7 @@ from PIL import Image
 from schemas.labels import CLASSES
 from service.app import create_app
 from service.settings import Settings
-from tests.images import face, face_bytes
+from tests.images import face_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -95,9 +95,12 @@ def watched(browser, server_url):
 
 
 def composite_photo() -> bytes:
-    """A face pasted on a 320x240 coloured background: a photo larger than the model's input."""
+    """A real face (scikit-image's astronaut) pasted on a 320x240 coloured background: a photo larger than the
+    model's input, with a face the detector finds."""
+    from skimage.data import astronaut
+
     picture = Image.new("RGB", (320, 240), (96, 140, 176))
-    picture.paste(Image.fromarray(face("happy", seed=3)[0]).resize((110, 110)).convert("RGB"), (170, 70))
+    picture.paste(Image.fromarray(astronaut()[20:260, 130:370]).resize((120, 120)), (170, 60))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
@@ -199,6 +202,7 @@ def test_filters_view_shows_progress_then_serves_from_cache(watched, tmp_path):
     page.focus("#tab-predict")
     page.keyboard.press("ArrowRight")  # the tabs work from the keyboard
     assert page.locator("#tab-filters").get_attribute("aria-selected") == "true"
+    page.locator("#layer option").first.wait_for(state="attached", timeout=FILTERS_WAIT_MS)  # GET /filters answered
     layers = [option.get_attribute("value") for option in page.locator("#layer option").all()]
     assert layers[0] == "conv1" and "layer4.1.conv2" in layers
     page.locator("#filters-image").wait_for(state="visible", timeout=FILTERS_WAIT_MS)
