@@ -20,7 +20,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -e '.[cpu,serve,train,dev]'
 	# MTCNN, the default face detector: facenet-pytorch pins torch<2.3 but runs on ours, so no dependencies
 	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $@

@@ -268,3 +268,18 @@ def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_w
     start, current = torch.zeros(3), torch.ones(3)
     assert torch.allclose(average(start, current, torch.tensor(0)), torch.full((3,), 0.9))  # rate 1/10 at first
     assert torch.allclose(average(start, current, torch.tensor(10 ** 6)), torch.full((3,), 0.002))  # then the decay
+
+
+SHIPPED = ROOT / "training" / "pretrained" / "fer2013-resnet18.safetensors"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason=f"no shipped weights at {SHIPPED}")
+def test_the_shipped_weights_are_the_ones_their_card_vouches_for():
+    from training.export import card_path, load_shipped_weights
+
+    model, card = load_shipped_weights(SHIPPED)  # verifies the sha256 and that the weights fit the architecture
+    assert card["file"] == SHIPPED.name and SHIPPED.stat().st_size <= 25 * 1024 * 1024
+    assert card_path(SHIPPED).is_file() and SHIPPED.with_suffix(".md").is_file()
+    evaluation = card["evaluation"]
+    assert evaluation["accuracy"] - evaluation["accuracy_fp16_weights"] <= 0.001  # fp16 loses <= 0.1 points
+    assert card["classes"] == list(CLASSES) and model.num_classes == len(CLASSES)
