@@ -100,15 +100,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta)
             print(f"exported model {manifest.version} to {args.out}")
-            if args.save_weights:
-                from training.model_card import ship
-
-                card = ship(args.out, args.save_weights, args.data or manifest.training.data)
-                evaluation = card["evaluation"]
-                print(f"wrote {args.save_weights} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}...) "
-                      f"and its card: accuracy {evaluation['accuracy']:.4f} (tta {evaluation['tta']}), "
-                      f"{evaluation['accuracy_without_tta']:.4f} without, {evaluation['accuracy_fp16_weights']:.4f} "
-                      "with the fp16 weights")
             if args.int8:
                 from training.quantize import quantize_model_dir
 
@@ -118,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.explanations:
                 rows = measure_explanations(args.out, args.data or manifest.training.data, args.explanations)
                 print(f"measured the faithfulness of {len(rows)} saliency methods on {args.explanations} faces")
+            if args.save_weights:  # last: the card carries the faithfulness table too
+                from training.model_card import ship
+
+                card = ship(args.out, args.save_weights, args.data or manifest.training.data)
+                evaluation = card["evaluation"]
+                print(f"wrote {args.save_weights} ({card['bytes'] / 1e6:.1f} MB, sha256 {card['sha256'][:16]}...) "
+                      f"and its card: accuracy {evaluation['accuracy']:.4f} (tta {evaluation['tta']}), "
+                      f"{evaluation['accuracy_without_tta']:.4f} without, {evaluation['accuracy_fp16_weights']:.4f} "
+                      "with the fp16 weights")
             if args.filters:
                 print(f"precomputed {precompute_filters(args.out)} filter visualisations in {args.out}/filters")
         elif args.command == "report":

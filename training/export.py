@@ -32,6 +32,7 @@ from training.data import DataError, has_split, load_split
 
 TORCHSCRIPT_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
+FAITHFULNESS_FILE = "faithfulness.json"  # written by --explanations
 WEIGHTS_FILE = "weights.safetensors"  # fp32, what the service rebuilds the eager model from for explanations
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -107,7 +108,8 @@ def export_model(model: FerNet, out: Path, config: TrainingConfig, input_size: i
     rows = architecture_table(model, input_size)
     (out / REPORT_FILES["architecture"]).write_text(json.dumps(rows, indent=1))
 
-    files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE, **REPORT_FILES}
+    files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE,
+             "faithfulness": FAITHFULNESS_FILE, **REPORT_FILES}
     artifacts = {role: {"path": name, "sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
                  for role, name in files.items() if (out / name).is_file()}
     manifest = Manifest(
@@ -180,7 +182,8 @@ def save_shipped_weights(model_dir: Path, weights: Path) -> dict:
             "architecture": manifest.architecture, "classes": manifest.classes, "input_size": manifest.input.height,
             "tta": manifest.tta, "training": manifest.training.model_dump(),
             "validation": manifest.validation.model_dump() if manifest.validation else None,
-            "history": read("history", []), "confusion_matrix": read("confusion_matrix", None)}
+            "history": read("history", []), "confusion_matrix": read("confusion_matrix", None),
+            "faithfulness": read("faithfulness", None)}
     card_path(weights).write_text(json.dumps(card, indent=1))
     return card
 
@@ -215,10 +218,11 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     """The `export --weights` command: a verified model directory from shipped weights and their card."""
     model, card = load_shipped_weights(weights)
     out.mkdir(parents=True, exist_ok=True)
+    files = {**REPORT_FILES, "faithfulness": FAITHFULNESS_FILE}
     for role, content in (("history", card["history"]), ("confusion_matrix", card["confusion_matrix"]),
-                          ("metrics", card["validation"])):
-        if content:
-            (out / REPORT_FILES[role]).write_text(json.dumps(content, indent=1))
+                          ("metrics", card["validation"]), ("faithfulness", card.get("faithfulness"))):
+        if content:  # measured on these weights in fp32 when they were shipped
+            (out / files[role]).write_text(json.dumps(content, indent=1))
     if card["history"]:
         from training.plots import plot_history
 
@@ -230,9 +234,6 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     source = WeightsSource(file=str(weights), sha256=card["sha256"], model_card=str(card_path(weights)))
     return export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation,
                         card["classes"], card["tta"], source)
-
-
-FAITHFULNESS_FILE = "faithfulness.json"
 
 
 def measure_explanations(model_dir: Path, data: str, count: int, store: bool = True) -> list[dict]:
