@@ -1,8 +1,8 @@
 """`make bench-serve`: start the real server (uvicorn) and measure it with a separate load generator.
 
 For each server configuration (dynamic batching on, then `max batch = 1`), every load: concurrencies x
-images per request for /predict, a fixed-rate single-image run, and /saliency. Prints a table and writes
-bench/results/serve-<device>.json.
+images per request for /predict (face crops, `faces=none`), a fixed-rate single-image run, and /saliency.
+Prints a table and writes bench/results/serve-<device>.json. `--compare`: side by side with bench/baseline.py.
 """
 
 import argparse
@@ -86,15 +86,16 @@ def main() -> None:
             for images in args.images:
                 for concurrency in args.concurrency:
                     rows.append({"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
-                                 **load(f"{url}/predict", args.duration, images=images, concurrency=concurrency)})
+                                 **load(f"{url}/predict?faces=none", args.duration, images=images,
+                                        concurrency=concurrency)})
                     print_row(rows[-1])
             rows.append({"server": name, "endpoint": "/predict", "images": 1, "load": f"{rate:g} req/s",
-                         **load(f"{url}/predict", args.duration, images=1, rate=rate)})
+                         **load(f"{url}/predict?faces=none", args.duration, images=1, rate=rate)})
             print_row(rows[-1])
             if name == "batching":
                 for method in ("vanilla", "gradcam"):
                     rows.append({"server": name, "endpoint": f"/saliency?method={method}", "images": SALIENCY_IMAGES, "load": "c=4",
-                                 **load(f"{url}/saliency?method={method}&format=png", args.duration, images=SALIENCY_IMAGES,
+                                 **load(f"{url}/saliency?method={method}&format=png&faces=none", args.duration, images=SALIENCY_IMAGES,
                                         concurrency=4)})
                     print_row(rows[-1])
         finally:
@@ -124,7 +125,7 @@ def compare(args) -> None:
         try:
             for images, concurrency in COMPARE_SHAPES:
                 row = {"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
-                       **load(f"http://127.0.0.1:{port}/predict", args.duration, images=images,
+                       **load(f"http://127.0.0.1:{port}/predict?faces=none", args.duration, images=images,
                               concurrency=concurrency)}
                 results[name, images] = row
                 print_row(row)
