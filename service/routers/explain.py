@@ -59,6 +59,12 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
         raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
     if layer is not None:
         _check_layer(model, layer)
+    if format == "png" and len(crops):  # refuse an oversized picture before any work
+        side = model.explainer.model.image_size
+        try:
+            grid_size(len(crops), (side, side), len(crops), scale, settings.max_png_pixels)
+        except ImageError as error:
+            raise HTTPException(error.status, str(error)) from None
     started = time.perf_counter()
     maps = np.zeros((0, 1, 1), dtype=np.float32)
     targets, predicted, confidence = [], [], []
