@@ -15,6 +15,7 @@ from service.admission import Busy, Draining
 from service.batching import QueueFullError, ShuttingDownError
 from service.imaging import excerpt
 from service.oip import ProtocolError
+from service.parameters import InvalidParameter
 from service.runtime.explain import Cancelled
 from service.security import is_open
 
@@ -67,6 +68,10 @@ async def protocol_error(request: Request, error: ProtocolError) -> JSONResponse
     return error_response(request, error.status, str(error))
 
 
+async def invalid_parameter(request: Request, error: InvalidParameter) -> JSONResponse:
+    return error_response(request, 400 if error_key(request.url.path) == "error" else 422, str(error))
+
+
 async def unavailable(request: Request, error: Exception) -> JSONResponse:
     """Explanation slots full, work cancelled, the queue full or the service draining: retry shortly."""
     return error_response(request, 503, f"try again shortly: {error}", {"Retry-After": "1"})
@@ -77,6 +82,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error)
+    app.add_exception_handler(InvalidParameter, invalid_parameter)
     for error in (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError):
         app.add_exception_handler(error, unavailable)
 

@@ -332,6 +332,8 @@ BAD_REQUESTS = {
         **face_header(1, 2304), "parameters": {"method": "lime"}}, bytes(2304))),
     "unknown saliency target": (400, "unknown target 'joy'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
         **face_header(1, 2304), "parameters": {"target": "joy"}}, bytes(2304))),
+    "non-ASCII digit target": (400, "unknown target '²'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
+        **face_header(1, 2304), "parameters": {"target": "²"}}, bytes(2304))),  # '²' passes str.isdigit
     "unknown layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-filters", {"inputs": [
         {"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["layer9"]},
         {"name": "filters", "datatype": "INT32", "shape": [1], "data": [0]}]})),

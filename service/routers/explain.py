@@ -20,6 +20,7 @@ from service.admission import ExplanationPool, Ticket
 from service.deps import Uploaded, explanation_ticket, get_model, get_photos, get_pool, get_settings
 from service.imaging import ImageError, annotate, excerpt, grid, grid_size, heatmap, png_bytes, side_by_side
 from service.model import FerModel
+from service.parameters import check_saliency_cost, filter_views, parse_target
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
@@ -49,12 +50,8 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
     images are decoded (503 when the explanation slots are full). `GET /explanations` lists the methods with
     their measured faithfulness."""
     crops = uploaded.crops
-    cost = METHODS[method].forward_passes(len(crops))
-    if cost > settings.max_explanation_passes:
-        raise HTTPException(422, f"{method} on {len(crops)} faces costs {cost} forward passes, more than the "
-                                 f"budget of {settings.max_explanation_passes} per request: send fewer images or "
-                                 "use a cheaper method")
-    target_index = _parse_target(target, model.classes)
+    check_saliency_cost(method, len(crops), settings.max_explanation_passes)
+    target_index = parse_target(target, model.classes)
     if layer is not None and not METHODS[method].uses_layer:
         raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
     if layer is not None:
@@ -109,18 +106,6 @@ def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over
     return png_bytes(grid([heatmap(m) for m in maps], len(maps), scale, max_pixels))
 
 
-def _parse_target(target: str | None, classes: list[str]) -> int | None:
-    if target is None:
-        return None
-    name = target.strip().lower()
-    if name in classes:
-        return classes.index(name)
-    if re.fullmatch(r"[0-9]{1,3}", name) and int(name) < len(classes):  # ASCII digits only: str.isdigit takes '²'
-        return int(name)
-    raise HTTPException(422, f"query parameter `target`: unknown target {excerpt(target, 40)!r}: expected a class "
-                             f"name ({', '.join(classes)}) or an index 0-{len(classes) - 1}")
-
-
 def _check_layer(model: FerModel, layer: str) -> None:
     try:
         model.explainer.module(layer)
@@ -164,15 +149,7 @@ async def filters(request: Request, layer: str = Path(description="e.g. conv1, l
             grid_size(len(indices), (filter_request.size, filter_request.size), columns, scale, settings.max_png_pixels)
         except ImageError as error:
             raise HTTPException(error.status, str(error)) from None
-    result = await run_in_threadpool(model.cached_filters, filter_request)
-    cached = result is not None
-    if not cached:
-        if filter_request.cost() > settings.max_filter_cost:
-            raise HTTPException(422, f"{len(indices)} filters x {steps} steps x {size}^2 pixels = "
-                                     f"{filter_request.cost()} exceeds the budget of {settings.max_filter_cost} "
-                                     "per request: ask for fewer filters, steps or a smaller size")
-        with pool.admitted() as ticket:
-            result = await pool.run(ticket, request, model.filters, filter_request)
+    result, cached = await filter_views(request, model, pool, filter_request, settings.max_filter_cost)
     if format == "json":
         return FiltersResponse(layer=layer, mode=mode, steps=filter_request.steps, size=filter_request.size,
                                cached=cached, filters=[

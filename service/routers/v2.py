@@ -24,6 +24,7 @@ from service.batching import QueueFullError, ShuttingDownError
 from service.deps import get_model, preprocess_bounded
 from service.imaging import ImageError
 from service.model import FerModel
+from service.parameters import check_saliency_cost, filter_views, parse_target
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
 from service.oip import ProtocolError
@@ -312,31 +313,15 @@ async def run_saliency(request: Request, model: FerModel, parsed: oip.Request):
     method = parsed.parameters.get("method", "vanilla")
     if method not in METHODS:
         raise ProtocolError(f"unknown saliency method {method!r}; expected one of {', '.join(METHODS)}")
-    target = _target_index(parsed.parameters.get("target"), model.manifest.classes)
+    target = parse_target(parsed.parameters.get("target"), model.manifest.classes)
     settings, pool = request.app.state.settings, request.app.state.explanations
     with pool.admitted() as ticket:  # before decoding, as /saliency
         images = await _face_batch(request, model, parsed)
-        cost = METHODS[method].forward_passes(len(images))
-        if cost > settings.max_explanation_passes:
-            raise ProtocolError(f"{method} on {len(images)} images costs {cost} forward passes, more than the "
-                                f"budget of {settings.max_explanation_passes} per request")
+        check_saliency_cost(method, len(images), settings.max_explanation_passes)
         maps, targets, probabilities = await pool.run(ticket, request, model.saliency, images, method, target)
     request.app.state.metrics.images.labels("/v2/models/{name}/infer").inc(len(images))
     return {"saliency": maps.numpy().astype(np.float32), "target": targets.numpy().astype(np.int32),
             "probabilities": probabilities.numpy().astype(np.float32)}, {"method": method}
-
-
-def _target_index(target, classes: list[str]) -> int | None:
-    if target is None:
-        return None
-    if isinstance(target, str) and target.strip().lower() in classes:
-        return classes.index(target.strip().lower())
-    if isinstance(target, str) and target.strip().isdigit():
-        target = int(target)
-    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(classes):
-        return target
-    raise ProtocolError(f"unknown target {target!r}: expected a class name ({', '.join(classes)}) or an index "
-                        f"0-{len(classes) - 1}")
 
 
 async def run_filters(request: Request, model: FerModel, parsed: oip.Request):
@@ -362,15 +347,8 @@ async def run_filters(request: Request, model: FerModel, parsed: oip.Request):
     steps = _int_parameter(parsed.parameters, "steps", DEFAULT_STEPS, 1, settings.max_filter_steps)
     size = _int_parameter(parsed.parameters, "size", DEFAULT_SIZE, *FILTER_SIZES)
     filter_request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
-    result = await run_in_threadpool(model.cached_filters, filter_request)
-    cached = result is not None
-    if not cached:
-        if filter_request.cost() > settings.max_filter_cost:
-            raise ProtocolError(f"{len(indices)} filters x {steps} steps x {size}^2 pixels exceeds the budget of "
-                                f"{settings.max_filter_cost} per request")
-        pool = request.app.state.explanations
-        with pool.admitted() as ticket:
-            result = await pool.run(ticket, request, model.filters, filter_request)
+    result, cached = await filter_views(request, model, request.app.state.explanations, filter_request,
+                                        settings.max_filter_cost)
     return ({"images": np.asarray(result.images, dtype=np.float32),
              "activations": np.asarray(result.activations, dtype=np.float32)},
             {"cached": cached, "steps": filter_request.steps, "size": filter_request.size})
