@@ -4,7 +4,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from schemas.api import ClassProbability, ErrorResponse, FaceBox, FacePrediction, ImagePrediction, PredictResponse
-from service.batching import DynamicBatcher, QueueFullError, ShuttingDownError
+from service.batching import DynamicBatcher
 from service.deps import Uploaded, get_batcher, get_images, get_model
 from service.model import FerModel
 from service.runtime.photos import FoundFace
@@ -38,10 +38,7 @@ async def predict(top_k: int | None = Query(None, ge=1, description="Also list t
     crops = uploaded.crops
     probabilities, queue_ms, inference_ms = np.zeros((0, len(model.classes)), dtype=np.float32), 0.0, 0.0
     if len(crops):
-        try:
-            result = await batcher.submit(crops)
-        except (QueueFullError, ShuttingDownError) as error:
-            raise HTTPException(503, f"try again shortly: {error}", headers={"Retry-After": "1"}) from None
+        result = await batcher.submit(crops)  # a full queue or a draining service: 503 (service/errors.py)
         probabilities, queue_ms, inference_ms = result.probabilities, result.queue_s * 1000, result.inference_s * 1000
     model.metrics.images.labels("/predict").inc(len(crops))
     rows = iter(probabilities.tolist())

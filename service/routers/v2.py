@@ -20,7 +20,6 @@ from starlette.concurrency import run_in_threadpool
 
 from schemas.api import ProtocolErrorResponse
 from service import oip
-from service.batching import QueueFullError, ShuttingDownError
 from service.deps import get_model, preprocess_bounded
 from service.imaging import ImageError
 from service.model import FerModel
@@ -299,10 +298,7 @@ Runner = Callable[[Request, FerModel, oip.Request], Awaitable[tuple[dict[str, np
 
 async def run_classifier(request: Request, model: FerModel, parsed: oip.Request):
     images = await _face_batch(request, model, parsed)
-    try:
-        result = await request.app.state.batcher.submit(images)
-    except (QueueFullError, ShuttingDownError) as error:
-        raise HTTPException(503, f"try again shortly: {error}", headers={"Retry-After": "1"}) from None
+    result = await request.app.state.batcher.submit(images)  # a full queue: 503 (service/errors.py)
     request.app.state.metrics.images.labels("/v2/models/{name}/infer").inc(len(images))
     probabilities = np.asarray(result.probabilities, dtype=np.float32)
     labels = oip.bytes_tensor([model.manifest.classes[i] for i in probabilities.argmax(1)])
