@@ -30,7 +30,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("service")
 
-DESCRIPTOR_RESERVE = 64  # descriptors kept for the process itself: model files, spooled uploads, logs
+# Descriptors kept for the process itself: model files, spooled uploads, logs, and what loading the model opens
+# after the cap is computed (both backends measured by FER_BACKEND=auto, the face detector, worker threads).
+DESCRIPTOR_RESERVE = 96
 # The listen queue, and so the most connections asyncio accepts in one go before the protocol sees any of them:
 # the descriptor budget has to hold that burst on top of the cap.
 ACCEPT_BACKLOG = 64
