@@ -11,7 +11,8 @@ WEIGHTS ?= training/pretrained/fer2013-resnet18.safetensors
 # `make train` retrains instead: FER2013 where it is at hand, else the embedded synthetic faces.
 MODEL_DATA ?= $(if $(wildcard $(FER2013)/train),$(FER2013),synthetic)
 MODEL_EPOCHS ?= $(if $(wildcard $(FER2013)/train),3,6)
-PARITY_DATA := $(if $(wildcard $(FER2013)/val),--data $(FER2013))
+# Real faces for export's parity check and for the report's saliency grid, where FER2013 is at hand.
+FACES_DATA := $(if $(wildcard $(FER2013)/val),--data $(FER2013))
 
 .PHONY: install test model train serve bench-serve bench-abuse docker clean
 
@@ -28,15 +29,20 @@ $(INSTALLED): pyproject.toml
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
-model: $(MODEL_DIR)/manifest.json
+model: $(MODEL_DIR)/report.html
 
 $(MODEL_DIR)/manifest.json: | $(INSTALLED)
-	$(if $(wildcard $(WEIGHTS)),$(BIN)/python -m training export --weights $(WEIGHTS) --out $(MODEL_DIR) $(PARITY_DATA),$(BIN)/python -m training train --data $(MODEL_DATA) --out $(MODEL_DIR) --epochs $(MODEL_EPOCHS))
+	$(if $(wildcard $(WEIGHTS)),$(BIN)/python -m training export --weights $(WEIGHTS) --out $(MODEL_DIR) $(FACES_DATA),$(BIN)/python -m training train --data $(MODEL_DATA) --out $(MODEL_DIR) --epochs $(MODEL_EPOCHS))
+
+# The report the service serves at /model/report (order-only: storing it rewrites the manifest).
+$(MODEL_DIR)/report.html: | $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m training report --model $(MODEL_DIR) $(FACES_DATA)
 
 train: $(INSTALLED)
 	$(BIN)/python -m training train --data $(MODEL_DATA) --out $(MODEL_DIR) --epochs $(MODEL_EPOCHS)
+	$(BIN)/python -m training report --model $(MODEL_DIR) $(FACES_DATA)
 
-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
+serve: $(INSTALLED) $(MODEL_DIR)/report.html
 	$(BIN)/python -m service --model $(MODEL_DIR)
 
 bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
@@ -45,7 +51,7 @@ bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 bench-abuse: $(INSTALLED) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m bench.abuse --model $(MODEL_DIR)
 
-docker: $(MODEL_DIR)/manifest.json
+docker: $(MODEL_DIR)/report.html
 	@command -v docker >/dev/null || { echo "make docker needs Docker (a client and a running engine)"; exit 1; }
 	docker build -f docker/Dockerfile.cpu --build-arg MODEL_SOURCE=$(MODEL_DIR) -t fer-explain:cpu .
 	docker build -f docker/Dockerfile.gpu --build-arg MODEL_SOURCE=$(MODEL_DIR) -t fer-explain:gpu .

@@ -69,7 +69,7 @@ async def protocol_error(request: Request, error: ProtocolError) -> JSONResponse
 
 
 async def invalid_parameter(request: Request, error: InvalidParameter) -> JSONResponse:
-    return error_response(request, 400 if error_key(request.url.path) == "error" else 422, str(error))
+    return error_response(request, 400 if error_key(request.url.path) == "error" else error.status, str(error))
 
 
 async def unavailable(request: Request, error: Exception) -> JSONResponse:

@@ -140,6 +140,13 @@ class FerModel:
                            confusion_matrix=read("confusion_matrix", {"classes": self.classes}),
                            faithfulness=read("faithfulness", {}).get("rows", []))
 
+    def report_page(self) -> Path | None:
+        """The HTML report (model card, the five questions, the derivations) that `python -m training report`
+        stored in the model directory, if it did."""
+        artifact = self.manifest.artifacts.get("report")
+        path = self.model_dir / artifact.path if artifact else None
+        return path if path and path.is_file() else None
+
     def explanation_methods(self) -> list[ExplanationMethod]:
         measured = {row["method"]: row
                     for row in read_json(self.model_dir, self.manifest, "faithfulness", {}).get("rows", [])}

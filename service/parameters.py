@@ -1,6 +1,7 @@
 """What the REST routes and the Open Inference Protocol's share about an explanation request: the target class,
-the cost budgets, and how an uncached filter view is computed within them. A bad value raises
-InvalidParameter, which service/errors.py answers 422 on the service's routes and 400 under /v2."""
+the filter views' checks, the cost budgets, and how an uncached filter view is computed within them. A bad value
+raises InvalidParameter, which service/errors.py answers 422 (404 for an unknown layer) on the service's routes
+and 400 under /v2."""
 
 import re
 
@@ -12,10 +13,19 @@ from service.imaging import excerpt
 from service.model import FerModel
 from service.runtime.explain import METHODS
 from service.runtime.filters import FilterRequest, FilterResult
+from service.settings import Settings
 
 
 class InvalidParameter(ValueError):
     """A parameter the service cannot take; the message names it."""
+
+    status = 422  # on the service's routes; the protocol's routes answer every bad request 400
+
+
+class UnknownLayer(InvalidParameter):
+    """A layer the network does not have: on /filters/{layer}, a path that names nothing."""
+
+    status = 404
 
 
 def parse_target(target: str | int | None, classes: list[str]) -> int | None:
@@ -39,6 +49,31 @@ def check_saliency_cost(method: str, faces: int, budget: int) -> None:
     if cost > budget:
         raise InvalidParameter(f"{method} on {faces} faces costs {cost} forward passes, more than the budget of "
                                f"{budget} per request: send fewer images or use a cheaper method")
+
+
+def check_layer(model: FerModel, layer: str) -> None:
+    if layer not in model.explainer.layers:
+        raise UnknownLayer(f"unknown layer {excerpt(layer, 40)!r}; valid layers: {', '.join(model.explainer.layers)}")
+
+
+def checked_filter_request(model: FerModel, settings: Settings, layer: str, filters: tuple[int, ...], mode: str,
+                           steps: int, size: int) -> FilterRequest:
+    """A filter-visualisation request checked against the network and the service's limits."""
+    check_layer(model, layer)
+    count = model.explainer.layers[layer].weight.shape[0]
+    if not 1 <= len(filters) <= settings.max_filters_per_request:
+        raise InvalidParameter(f"parameter `filters`: ask for 1 to {settings.max_filters_per_request} filters, got "
+                               f"{len(filters)}")
+    outside = [index for index in filters if not 0 <= index < count]
+    if outside:
+        raise InvalidParameter(f"parameter `filters`: filter index {outside[0]} out of range: {layer} has filters "
+                               f"0-{count - 1}")
+    if mode == "weights" and layer != "conv1":
+        raise InvalidParameter("parameter `mode`: mode=weights shows raw kernels of conv1 only (deeper kernels span "
+                               "many channels)")
+    if steps > settings.max_filter_steps:
+        raise InvalidParameter(f"parameter `steps`: {steps} exceeds the limit of {settings.max_filter_steps}")
+    return FilterRequest.make(model.explainer, layer, filters, mode, steps, size)
 
 
 async def filter_views(request: Request, model: FerModel, pool: ExplanationPool, filter_request: FilterRequest,

@@ -205,12 +205,13 @@ def test_filter_ascent_raises_the_filters_activation(client):
 
 @pytest.mark.parametrize("url, status, message", [
     ("/filters/layer9.conv1", 404, "valid layers: conv1, layer1.0.conv1"),
+    ("/filters/layer9.conv1?filters=a", 404, "unknown layer"),
     ("/filters/conv1?filters=60-64", 422, "filter index 64 out of range: conv1 has filters 0-63"),
     ("/filters/conv1?filters=a-b", 422, "not indices and ranges"),
     ("/filters/conv1?filters=5-2", 422, "runs backwards"),
     ("/filters/layer4.1.conv2?filters=0-99", 422, "more than 64 filters"),
-    ("/filters/conv1?steps=100000", 400, "exceeds the limit"),
-    ("/filters/layer1.0.conv1?mode=weights", 400, "conv1 only"),
+    ("/filters/conv1?steps=100000", 422, "exceeds the limit"),
+    ("/filters/layer1.0.conv1?mode=weights", 422, "conv1 only"),
     ("/filters/conv1?mode=dream", 422, "activation"),
 ])
 def test_bad_filter_requests(client, url, status, message):

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "one self-contained HTML file, with the derivations checked")
     report.add_argument("--model", required=True, type=Path)
     report.add_argument("--data", help="faces for the saliency grid (default: the training data's val split)")
-    report.add_argument("--out", required=True, type=Path)
+    report.add_argument("--out", type=Path, help="an HTML file (default: stored in the model directory, where the "
+                        "service serves it at /model/report)")
     report.add_argument("--steps", type=int, default=64, help="gradient-ascent steps of the filter views")
     return parser
 
@@ -121,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.filters:
                 print(f"precomputed {precompute_filters(args.out)} filter visualisations in {args.out}/filters")
         elif args.command == "report":
-            from training.report import build_report
+            from training.report import build_report, store_report
 
-            args.out.write_text(build_report(args.model, args.data, args.steps))
-            print(f"wrote {args.out}")
+            if args.out:
+                args.out.write_text(build_report(args.model, args.data, args.steps), encoding="utf-8")
+                print(f"wrote {args.out}")
+            else:
+                print(f"stored {store_report(args.model, args.data, args.steps)}: the service serves it at "
+                      "/model/report")
         else:
             from training.evaluate import evaluate_model_dir
 

@@ -14,8 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from schemas.labels import CLASSES
 from schemas.manifest import (
-    MANIFEST_FILE,
-    ArtifactInfo,
     EvaluationMetrics,
     InputSpec,
     Manifest,
@@ -27,7 +25,14 @@ from service.runtime.architectures import MEAN, STD, FerNet, architecture_table,
 from service.runtime.backends import load_torchscript
 from service.runtime.explain import Explainer
 from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, FilterStore, compute_filters
-from service.runtime.modeldir import file_sha256, load_eager_model, load_manifest
+from service.runtime.modeldir import (
+    add_artifact,
+    artifact_info,
+    file_sha256,
+    load_eager_model,
+    load_manifest,
+    write_manifest,
+)
 from training.data import DataError, has_split, load_split
 
 TORCHSCRIPT_FILE = "model.pt"
@@ -110,10 +115,9 @@ def export_model(model: FerNet, out: Path, config: TrainingConfig, input_size: i
 
     files = {"torchscript": TORCHSCRIPT_FILE, "onnx": ONNX_FILE, "weights": WEIGHTS_FILE,
              "faithfulness": FAITHFULNESS_FILE, **REPORT_FILES}
-    artifacts = {role: {"path": name, "sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size}
-                 for role, name in files.items() if (out / name).is_file()}
+    artifacts = {role: artifact_info(out, name) for role, name in files.items() if (out / name).is_file()}
     manifest = Manifest(
-        version=artifacts["torchscript"]["sha256"][:12],
+        version=artifacts["torchscript"].sha256[:12],
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         architecture=model.architecture, classes=list(classes),
         input=InputSpec(height=input_size, width=input_size),
@@ -121,7 +125,7 @@ def export_model(model: FerNet, out: Path, config: TrainingConfig, input_size: i
         training=config, weights_source=weights_source, validation=validation, artifacts=artifacts,
         libraries=_library_versions("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu"),
     )
-    (out / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    write_manifest(out, manifest)
     return manifest
 
 
@@ -251,9 +255,7 @@ def measure_explanations(model_dir: Path, data: str, count: int, store: bool = T
         return rows
     path = Path(model_dir) / FAITHFULNESS_FILE
     path.write_text(json.dumps({"data": data, "split": split, "rows": rows}, indent=1))
-    manifest.artifacts["faithfulness"] = ArtifactInfo(path=FAITHFULNESS_FILE, sha256=file_sha256(path),
-                                                      bytes=path.stat().st_size)
-    (Path(model_dir) / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    add_artifact(model_dir, manifest, "faithfulness", FAITHFULNESS_FILE)
     return rows
 
 

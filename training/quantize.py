@@ -15,8 +15,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from schemas.manifest import MANIFEST_FILE, ArtifactInfo, QuantizationInfo
-from service.runtime.modeldir import file_sha256, load_manifest
+from schemas.manifest import QuantizationInfo
+from service.runtime.modeldir import add_artifact, load_manifest
 from training.data import DataError, has_split, load_split
 
 INT8_FILE = "model.int8.onnx"
@@ -70,9 +70,6 @@ def quantize_model_dir(model_dir: Path, data: str, calibration_images: int = 512
         (model_dir / INT8_FILE).unlink()
         raise QuantizationRefused(f"int8 model refused: {int8:.4f} accuracy on {data} {split} against {fp32:.4f} "
                                   f"in fp32, a drop of more than {MAX_ACCURACY_DROP * 100:.1f} points")
-    path = model_dir / INT8_FILE
-    manifest.artifacts["onnx_int8"] = ArtifactInfo(path=INT8_FILE, sha256=file_sha256(path),
-                                                   bytes=path.stat().st_size)
     manifest.quantization = info
-    (model_dir / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2))
+    add_artifact(model_dir, manifest, "onnx_int8", INT8_FILE)
     return info

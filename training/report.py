@@ -1,9 +1,11 @@
-"""`python -m training report --model DIR [--data D] --out report.html`: the course report's five questions,
+"""`python -m training report --model DIR [--data D] [--out report.html]`: the course report's five questions,
 answered for any model directory in one self-contained HTML file (figures embedded), plus its three
-derivations checked numerically on the real network.
+derivations checked numerically on the real network. Without `--out` the page is stored in the model directory
+(role `report`), where the service serves it at `GET /model/report` and its web page shows it: one implementation.
 
-Q1 architecture, Q2 training curves, Q3 confusion matrix and what it confuses, Q4 saliency maps of correctly
-and wrongly classified faces of every class, Q5 what the last layer's filters respond to and conv1's kernels.
+The model card first (what was trained, how, how well, how faithful its explanations are), then Q1 architecture,
+Q2 training curves, Q3 confusion matrix and what it confuses, Q4 saliency maps of correctly and wrongly classified
+faces of every class, Q5 what the last layer's filters respond to and conv1's kernels.
 """
 
 import base64
@@ -23,11 +25,19 @@ from torch import nn  # noqa: E402
 
 from service.runtime.explain import Explainer  # noqa: E402
 from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, compute_filters  # noqa: E402
-from service.runtime.modeldir import load_eager_model, load_manifest, read_json  # noqa: E402
+from service.runtime.modeldir import (  # noqa: E402
+    add_artifact,
+    load_eager_model,
+    load_manifest,
+    read_json,
+    write_atomically,
+)
 from training.data import has_split, load_split  # noqa: E402
 from training.plots import plot_confusion, plot_history  # noqa: E402
 
 REPORT_METHODS = ("vanilla", "smoothgrad", "gradcam")
+REPORT_FILE = "report.html"
+FALLBACK_FACES = "synthetic:350"  # the generator's faces, where the model's data is not at hand
 
 
 def _png(draw) -> str:
@@ -47,7 +57,7 @@ def _figure(figure) -> str:
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{f'<thead><tr>{head}</tr></thead>' if header else ''}<tbody>{body}</tbody></table>"
 
 
 # --- the derivations -------------------------------------------------------------------------------------
@@ -166,18 +176,61 @@ def tiles(images: np.ndarray, titles: list[str], columns: int = 8, cmap: str = "
     return _figure(figure)
 
 
+def model_card(manifest, faithfulness: list[dict]) -> str:
+    """What the model is, how it was trained, how well it does per class, and how faithful each saliency
+    method is on it (deletion/insertion against a random map, the randomisation sanity check)."""
+    facts = [("name", f"{manifest.name} {manifest.version}"), ("created", manifest.created),
+             ("network", manifest.architecture), ("classes", ", ".join(manifest.classes)),
+             ("input", f"{manifest.input.height}x{manifest.input.width} grey, seen at "
+                       f"{manifest.preprocessing.resize_to}x{manifest.preprocessing.resize_to}"),
+             ("test-time augmentation", manifest.tta)]
+    if manifest.weights_source:
+        facts.append(("weights", f"{manifest.weights_source.file} (sha256 {manifest.weights_source.sha256[:16]}…)"))
+    facts += [(f"training: {key.replace('_', ' ')}", value) for key, value in manifest.training.model_dump().items()]
+    content = _table([], facts)
+    validation = manifest.validation
+    if validation:
+        content += (f"<p>Accuracy {validation.accuracy:.2%} on {validation.samples:,} {html.escape(validation.split)} images "
+                    f"({validation.tta} TTA), macro F1 {validation.macro_f1:.3f}.</p>" + _table(
+                        ["class", "precision", "recall", "F1", "images"],
+                        [[name, f"{m.precision:.3f}", f"{m.recall:.3f}", f"{m.f1:.3f}", m.support]
+                         for name, m in validation.per_class.items()]))
+    else:
+        content += "<p>This model directory records no validation.</p>"
+    if faithfulness:
+        content += ("<p>Faithfulness of the saliency methods: deleting the most salient pixels first should drop "
+                    "the predicted class's probability faster than a random order (lower deletion AUC), inserting "
+                    "them should raise it faster (higher insertion AUC); a method passes the sanity check when its "
+                    "maps change once the network's weights are randomised.</p>" + _table(
+                        ["method", "images", "deletion AUC (random)", "insertion AUC (random)",
+                         "Spearman after randomisation", "sanity check"],
+                        [[row["method"], row["images"], f"{row['deletion_auc']} ({row['random_deletion_auc']})",
+                          f"{row['insertion_auc']} ({row['random_insertion_auc']})", row["randomised_spearman"],
+                          "passes" if row["passes_sanity_check"] else "fails"] for row in faithfulness]))
+    return content
+
+
+def faces_for(manifest, data: str | None) -> tuple[str, str]:
+    """The faces of Q4 and the derivations: `data`, else the model's own data, else the synthetic generator's
+    (a model exported from shipped weights on a machine without FER2013)."""
+    source = data or manifest.training.data
+    if not data and not (source.startswith("synthetic") or Path(source).exists()):
+        source = FALLBACK_FACES
+    return source, "val" if has_split(source, "val") else "train"
+
+
 def build_report(model_dir: Path, data: str | None = None, steps: int = 64) -> str:
     manifest = load_manifest(model_dir)
     model = load_eager_model(model_dir, manifest, torch.device("cpu"))
     explainer = Explainer(model, manifest.architecture, torch.device("cpu"))
     classes, size = manifest.classes, manifest.input.height
-    source = data or manifest.training.data
-    split = "val" if has_split(source, "val") else "train"
+    source, split = faces_for(manifest, data)
     faces = load_split(source, split, size)
     architecture = read_json(model_dir, manifest, "architecture", [])
     history = read_json(model_dir, manifest, "history", [])
     confusion = read_json(model_dir, manifest, "confusion_matrix", None)
-    sections = []
+    faithfulness = read_json(model_dir, manifest, "faithfulness", {}).get("rows", [])
+    sections = [("The model", model_card(manifest, faithfulness))]
 
     total = sum(row["parameters"] for row in architecture)
     sections.append(("Q1. The architecture", f"<p>{html.escape(manifest.architecture)}, {total:,} parameters, "
@@ -229,12 +282,24 @@ def build_report(model_dir: Path, data: str | None = None, steps: int = 64) -> s
         + f"<h3>Softmax + cross-entropy gradient ({verdict(ce < 1e-10)}: largest |difference| {ce:.2e})</h3><p>"
           "∂L/∂z = ŷ − y, on the network's own logits for 32 faces, against autograd (float64).</p>")))
 
-    body = "".join(f'<section id="q{i}"><h2>{html.escape(title)}</h2>{content}</section>'
-                   for i, (title, content) in enumerate(sections, start=1))
+    body = "".join(f'<section id="s{i}"><h2>{html.escape(title)}</h2>{content}</section>'
+                   for i, (title, content) in enumerate(sections))
     accuracy = f"{manifest.validation.accuracy:.2%}" if manifest.validation else "not recorded"
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Report: {manifest.name} '
-            f'{manifest.version}</title><style>body{{font-family:sans-serif;max-width:60rem;margin:auto;'
-            'padding:1rem}img{max-width:100%}table{border-collapse:collapse;font-size:.85rem}td,th{border:1px '
-            'solid #ccc;padding:.2rem .5rem}</style></head><body>'
-            f"<h1>{html.escape(manifest.name)} {manifest.version}</h1><p>Validation accuracy {accuracy} "
-            f"({manifest.tta} TTA); faces from {html.escape(source)} ({split}).</p>{body}</body></html>")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width"><title>Report: {html.escape(manifest.name)} {html.escape(manifest.version)}'
+            '</title><style>'
+            'body{font-family:sans-serif;max-width:60rem;margin:auto;padding:1rem}img{max-width:100%}'
+            'table{border-collapse:collapse;font-size:.85rem;display:block;overflow-x:auto}'
+            'td,th{border:1px solid #ccc;padding:.2rem .5rem}</style></head><body>'
+            f"<h1>{html.escape(manifest.name)} {html.escape(manifest.version)}</h1><p>Validation accuracy {accuracy} "
+            f"({manifest.tta} TTA); faces from {html.escape(source)} ({html.escape(split)}).</p>{body}</body></html>")
+
+
+def store_report(model_dir: Path, data: str | None = None, steps: int = 64) -> Path:
+    """The report kept in the model directory under role `report`: the manifest vouches for it and the
+    service serves it (`GET /model/report`, the web page's model view)."""
+    manifest = load_manifest(model_dir)  # before the report is replaced: it verifies the previous one
+    path = Path(model_dir) / REPORT_FILE
+    write_atomically(path, build_report(model_dir, data, steps))
+    add_artifact(model_dir, manifest, "report", REPORT_FILE)
+    return path

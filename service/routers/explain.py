@@ -20,9 +20,16 @@ from service.admission import ExplanationPool, Ticket
 from service.deps import Uploaded, explanation_ticket, get_model, get_photos, get_pool, get_settings
 from service.imaging import ImageError, annotate, excerpt, grid, grid_size, heatmap, png_bytes, side_by_side
 from service.model import FerModel
-from service.parameters import check_saliency_cost, filter_views, parse_target
+from service.parameters import (
+    InvalidParameter,
+    check_layer,
+    check_saliency_cost,
+    checked_filter_request,
+    filter_views,
+    parse_target,
+)
 from service.runtime.explain import METHODS
-from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
+from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
 from service.runtime.photos import Photo
 from service.settings import Settings
@@ -126,24 +133,18 @@ async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
 @router.get("/filters/{layer}", response_model=FiltersResponse, responses={**ERRORS, **PNG})
 async def filters(request: Request, layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
                   filters: str = Query(f"{DEFAULT_FILTERS[0]}-{DEFAULT_FILTERS[-1]}", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
-                  mode: Literal["activation", "weights"] = "activation",
+                  mode: FilterMode = "activation",
                   steps: int = Query(DEFAULT_STEPS, ge=1, description="Gradient-ascent steps"),
-                  size: int = Query(DEFAULT_SIZE, ge=16, le=128, description="Side of the generated images"),
+                  size: int = Query(DEFAULT_SIZE, ge=SIZES[0], le=SIZES[1], description="Side of the generated images"),
                   format: Literal["png", "json"] = "png",
                   scale: int = Query(2, ge=1, le=16, description="Enlargement of PNG tiles"),
                   columns: int = Query(8, ge=1, le=64),
                   model: FerModel = Depends(get_model), settings: Settings = Depends(get_settings),
                   pool: ExplanationPool = Depends(get_pool)):
     """The inputs that most activate each filter (gradient ascent), or conv1's raw kernels (mode=weights)."""
-    conv = model.explainer.layers.get(layer)
-    if conv is None:
-        raise HTTPException(404, f"unknown layer {layer!r}; valid layers: {', '.join(model.explainer.layers)}")
-    if mode == "weights" and layer != "conv1":
-        raise HTTPException(400, "mode=weights shows raw kernels of conv1 only (deeper kernels span many channels)")
-    if steps > settings.max_filter_steps:
-        raise HTTPException(400, f"steps={steps} exceeds the limit of {settings.max_filter_steps}")
-    indices = _parse_filters(filters, conv.weight.shape[0], layer, settings.max_filters_per_request)
-    filter_request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
+    check_layer(model, layer)  # an unknown path is a 404 whatever the query says
+    indices = _parse_filters(filters, settings.max_filters_per_request)
+    filter_request = checked_filter_request(model, settings, layer, indices, mode, steps, size)
     if format == "png":  # refuse an oversized picture before any work
         try:
             grid_size(len(indices), (filter_request.size, filter_request.size), columns, scale, settings.max_png_pixels)
@@ -163,22 +164,20 @@ async def filters(request: Request, layer: str = Path(description="e.g. conv1, l
 FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters
 
 
-def _parse_filters(text: str, count: int, layer: str, limit: int) -> tuple[int, ...]:
+def _parse_filters(text: str, limit: int) -> tuple[int, ...]:
+    """'0-15' or '0,3,8-11' as indices; checked against the layer by checked_filter_request."""
     indices: list[int] = []
     quoted = excerpt(text, 40)
     for part in text.replace(" ", "").split(","):
         match = FILTERS_PART.fullmatch(part)
         if not match:
-            raise HTTPException(422, f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
-                                     "0-15 or 0,3,8-11")
+            raise InvalidParameter(f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
+                                   "0-15 or 0,3,8-11")
         first, last = int(match[1]), int(match[2] or match[1])
         if last < first:
-            raise HTTPException(422, f"query parameter `filters`: range {part} runs backwards")
-        if last >= count:
-            raise HTTPException(422, f"query parameter `filters`: filter index {last} out of range: {layer} has "
-                                     f"filters 0-{count - 1}")
-        if len(indices) + last - first + 1 > limit:
-            raise HTTPException(422, f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
-                                     "in one request")
+            raise InvalidParameter(f"query parameter `filters`: range {part} runs backwards")
+        if len(indices) + last - first + 1 > limit:  # before expanding a range such as 0-999999
+            raise InvalidParameter(f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
+                                   "in one request")
         indices.extend(range(first, last + 1))
     return tuple(indices)

@@ -1,4 +1,5 @@
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse
 
 from schemas.api import ErrorResponse, ExplanationMethods, ModelReport
 from service.deps import get_model
@@ -11,6 +12,19 @@ router = APIRouter(tags=["model"])
 async def model_report(model: FerModel = Depends(get_model)) -> ModelReport:
     """Manifest, architecture table, training history, confusion matrix and the explanations' faithfulness."""
     return model.report()
+
+
+@router.get("/model/report", response_class=FileResponse,
+            responses={200: {"content": {"text/html": {}}, "description": "One self-contained HTML page"},
+                       404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+async def model_report_page(model: FerModel = Depends(get_model)) -> FileResponse:
+    """The model card, the course report's five questions and its derivations checked, as the HTML page that
+    `python -m training report --model DIR` stored in the model directory (what the web page's model view shows)."""
+    page = model.report_page()
+    if page is None:
+        raise HTTPException(404, "this model directory holds no report: run `python -m training report --model "
+                                 "MODEL_DIR` and restart the service")
+    return FileResponse(page, media_type="text/html")
 
 
 @router.get("/explanations", response_model=ExplanationMethods)

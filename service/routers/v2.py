@@ -12,6 +12,7 @@ import binascii
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -23,9 +24,9 @@ from service import oip
 from service.deps import get_model, preprocess_bounded
 from service.imaging import ImageError
 from service.model import FerModel
-from service.parameters import check_saliency_cost, filter_views, parse_target
+from service.parameters import check_saliency_cost, checked_filter_request, filter_views, parse_target
 from service.runtime.explain import METHODS
-from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, FilterRequest
+from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.oip import ProtocolError
 from service.settings import Settings
 
@@ -36,8 +37,7 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"],
 PREFIX = "/v2/"
 SERVER_NAME = "fer-explain"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "parameters"]
-FILTER_MODES = ("activation", "weights")
-FILTER_SIZES = (16, 128)  # the bounds /filters/{layer} puts on `size`
+FILTER_MODES = get_args(FilterMode)
 PLATFORMS = {"torchscript": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names for the formats
 
 
@@ -321,28 +321,18 @@ async def run_saliency(request: Request, model: FerModel, parsed: oip.Request):
 
 
 async def run_filters(request: Request, model: FerModel, parsed: oip.Request):
-    settings, layers = request.app.state.settings, model.explainer.layers
+    settings = request.app.state.settings
     layer_tensor, filters_tensor = parsed.inputs["layer"], parsed.inputs["filters"]
     if layer_tensor.data.size != 1:
         raise ProtocolError(f"`layer` holds one layer name, got shape {layer_tensor.shape}")
     layer = layer_tensor.data.reshape(-1)[0].decode(errors="replace")
-    if layer not in layers:
-        raise ProtocolError(f"unknown layer {layer!r}; valid layers: {', '.join(layers)}")
-    count = layers[layer].weight.shape[0]
     indices = tuple(int(i) for i in filters_tensor.data.reshape(-1))
-    if not 1 <= len(indices) <= settings.max_filters_per_request:
-        raise ProtocolError(f"`filters` must hold 1 to {settings.max_filters_per_request} indices, "
-                            f"got {len(indices)}")
-    if not all(0 <= i < count for i in indices):
-        raise ProtocolError(f"filter index out of range: {layer} has filters 0-{count - 1}")
     mode = parsed.parameters.get("mode", FILTER_MODES[0])
     if mode not in FILTER_MODES:
         raise ProtocolError(f"unknown mode {mode!r}; expected one of {', '.join(FILTER_MODES)}")
-    if mode == "weights" and layer != "conv1":
-        raise ProtocolError("mode=weights shows raw kernels of conv1 only (deeper kernels span many channels)")
     steps = _int_parameter(parsed.parameters, "steps", DEFAULT_STEPS, 1, settings.max_filter_steps)
-    size = _int_parameter(parsed.parameters, "size", DEFAULT_SIZE, *FILTER_SIZES)
-    filter_request = FilterRequest.make(model.explainer, layer, indices, mode, steps, size)
+    size = _int_parameter(parsed.parameters, "size", DEFAULT_SIZE, *SIZES)
+    filter_request = checked_filter_request(model, settings, layer, indices, mode, steps, size)
     result, cached = await filter_views(request, model, request.app.state.explanations, filter_request,
                                         settings.max_filter_cost)
     return ({"images": np.asarray(result.images, dtype=np.float32),

@@ -76,6 +76,8 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch's
+        # Idle intra-op threads sleep rather than spin: they share the cores with decoding and the event loop.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         active = self.session.get_providers()[0]
         self.device = "cuda" if active == "CUDAExecutionProvider" else "cpu"

@@ -114,12 +114,12 @@ def sanity_check(explainer: Explainer, images: torch.Tensor, method: str, seed: 
     randomised = build_model(model.architecture, model.image_size, model.num_classes).to(explainer.device)
     randomised.load_state_dict(model.state_dict())
     randomised.requires_grad_(False).eval()
+    other = Explainer(randomised, randomised.architecture, explainer.device)  # one: its hook stays on the model
+    other.default_layer = explainer.default_layer
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for stage in randomisation_order(randomised):
-        _reinitialise(randomised.net.get_submodule(stage), generator)
-        other = Explainer(randomised, randomised.architecture, explainer.device)
-        other.default_layer = explainer.default_layer
+        _reinitialise(randomised.net.get_submodule(stage), generator)  # in place, under the same explainer
         maps, _, _ = other.saliency(images, method, None)
         rows.append({"randomised_to": stage,
                      "spearman": round(float(spearman(original.flatten(1), maps.flatten(1)).mean()), 4),

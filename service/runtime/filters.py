@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -16,6 +17,8 @@ FILTERS_DIR = "filters"
 DEFAULT_FILTERS = tuple(range(16))
 DEFAULT_STEPS = 64
 DEFAULT_SIZE = 48
+SIZES = (16, 128)  # the smallest and largest side a request may ask for
+FilterMode = Literal["activation", "weights"]  # inputs found by gradient ascent, or conv1's raw kernels
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from schemas.manifest import MANIFEST_FILE, Manifest
+from schemas.manifest import MANIFEST_FILE, ArtifactInfo, Manifest
 from service.runtime.architectures import FerNet, build_model
 
 
@@ -41,6 +41,28 @@ def load_manifest(model_dir: Path) -> Manifest:
         if file_sha256(file) != artifact.sha256:
             raise ModelDirError(f"{file} ({role}) is corrupt: its sha256 differs from the one in {path}")
     return manifest
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers (a starting service) see the old file or the new one, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> None:
+    write_atomically(Path(model_dir) / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+
+
+def artifact_info(model_dir: Path, filename: str) -> ArtifactInfo:
+    path = Path(model_dir) / filename
+    return ArtifactInfo(path=filename, sha256=file_sha256(path), bytes=path.stat().st_size)
+
+
+def add_artifact(model_dir: Path, manifest: Manifest, role: str, filename: str) -> None:
+    """List a file written into the directory under `role`, so the manifest vouches for it (sha256)."""
+    manifest.artifacts[role] = artifact_info(model_dir, filename)
+    write_manifest(model_dir, manifest)
 
 
 def read_json(model_dir: Path, manifest: Manifest, role: str, default):

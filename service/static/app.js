@@ -478,6 +478,7 @@ function setUpFilters() {
 }
 
 // --- the model report --------------------------------------------------------------------------------
+// The page that `python -m training report` stored in the model directory: the same report, not a second one.
 
 let modelShown = false;
 
@@ -485,177 +486,19 @@ async function openModel() {
   if (modelShown) return;
   const status = $("model-status");
   status.textContent = "Loading the model report…";
+  status.className = "status";
   try {
-    const report = await getModelReport();
-    renderModel($("model-report"), report);
+    await serviceReady;
+    const page = await (await api("/model/report")).text();
+    const frame = $("model-report");
+    frame.srcdoc = page;
+    frame.hidden = false;
     modelShown = true;
     status.textContent = "";
   } catch (error) {
     status.textContent = `The model report could not be loaded. ${error.message}`;
     status.className = "status error";
   }
-}
-
-function renderModel(container, report) {
-  const { model, manifest } = report;
-  const validation = manifest.validation;
-  const card = section("Model card", definitionList([
-    ["name", `${manifest.name} ${manifest.version}`],
-    ["created", manifest.created],
-    ["network", manifest.architecture],
-    ["input", `${manifest.input.height}x${manifest.input.width} grey, resized to ${manifest.preprocessing.resize_to}`],
-    ["classes", manifest.classes.join(", ")],
-    ["served on", `${model.device} with ${model.backend}`],
-    ...(validation ? [
-      ["validation accuracy", `${percent(validation.accuracy)} on ${validation.samples} ${validation.split} images` +
-                              (validation.tta ? " (with test-time augmentation)" : "")],
-      ["macro F1", validation.macro_f1.toFixed(3)],
-    ] : [["validation", "not recorded"]]),
-  ]));
-  const training = section("Training", definitionList(
-    Object.entries(manifest.training).map(([key, value]) => [key.replaceAll("_", " "), String(value)])));
-  const results = [confusionMatrix(report.confusion_matrix, validation)];
-  if (validation) results.unshift(perClassTable(validation));
-  container.replaceChildren(pair(card, training), curves(report.history), pair(...results),
-                            architectureTable(report.architecture));
-}
-
-function pair(...sections) {
-  const node = element("div", { class: "pair" });
-  node.append(...sections);
-  return node;
-}
-
-function section(title, ...children) {
-  const node = element("section", { class: "report-section" });
-  node.append(element("h2", {}, title), ...children);
-  return node;
-}
-
-function definitionList(pairs) {
-  const list = element("dl", { class: "facts" });
-  for (const [term, value] of pairs) list.append(element("dt", {}, term), element("dd", {}, value));
-  return list;
-}
-
-function curves(history) {
-  if (!history.length) return section("Training curves", element("p", {}, "This model was exported without its history."));
-  const charts = element("div", { class: "charts" });
-  charts.append(
-    lineChart("Loss", history, [["train_loss", "training"], ["val_loss", "validation"]]),
-    lineChart("Accuracy", history, [["train_accuracy", "training"], ["val_accuracy", "validation"]], [0, 1]));
-  return section("Training curves", charts);
-}
-
-// A small SVG line chart of `series` ([key, name]) against the epoch.
-function lineChart(title, rows, series, fixedRange = null) {
-  const [width, height, left, right, top, bottom] = [440, 240, 46, 12, 30, 34];
-  const present = series.filter(([key]) => rows.some((row) => typeof row[key] === "number"));
-  const values = present.flatMap(([key]) => rows.map((row) => row[key]).filter((v) => typeof v === "number"));
-  let [low, high] = fixedRange || [Math.min(...values), Math.max(...values)];
-  if (high === low) [low, high] = [low - 0.5, high + 0.5];
-  const epochs = rows.map((row) => row.epoch);
-  const [first, last] = [Math.min(...epochs), Math.max(...epochs)];
-  const x = (epoch) => left + (last === first ? 0.5 : (epoch - first) / (last - first)) * (width - left - right);
-  const y = (value) => top + (1 - (value - low) / (high - low)) * (height - top - bottom);
-  const summary = present.map(([key, name]) => {
-    const final = rows[rows.length - 1][key];
-    return `${name} ${title.toLowerCase()} ends at ${typeof final === "number" ? final.toFixed(3) : "n/a"}`;
-  }).join("; ");
-  const svg = svgElement("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
-                                  "aria-label": `${title} per epoch: ${summary}` });
-  svgElement("title", {}, svg, `${title} per epoch`);
-  for (let i = 0; i <= 4; i++) {
-    const value = low + (high - low) * i / 4;
-    svgElement("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), class: "grid" }, svg);
-    svgElement("text", { x: left - 6, y: y(value) + 4, class: "tick", "text-anchor": "end" }, svg,
-               value.toFixed(2));
-  }
-  const step = Math.max(1, Math.ceil((last - first + 1) / 8));
-  for (let epoch = first; epoch <= last; epoch += step) {
-    svgElement("text", { x: x(epoch), y: height - bottom + 16, class: "tick", "text-anchor": "middle" }, svg, epoch);
-  }
-  svgElement("text", { x: (left + width - right) / 2, y: height - 4, class: "axis-name", "text-anchor": "middle" },
-             svg, "epoch");
-  svgElement("text", { x: left, y: 16, class: "chart-title" }, svg, title);
-  present.forEach(([key, name], i) => {
-    const points = rows.filter((row) => typeof row[key] === "number").map((row) => `${x(row.epoch)},${y(row[key])}`);
-    svgElement("polyline", { points: points.join(" "), class: `series series-${i}` }, svg);
-    for (const point of points) {
-      const [cx, cy] = point.split(",");
-      svgElement("circle", { cx, cy, r: 2.5, class: `dot series-${i}` }, svg);
-    }
-    const legendX = width - right - 170 + i * 90;
-    svgElement("line", { x1: legendX, x2: legendX + 18, y1: 12, y2: 12, class: `series series-${i}` }, svg);
-    svgElement("text", { x: legendX + 22, y: 16, class: "legend" }, svg, name);
-  });
-  return svg;
-}
-
-function perClassTable(validation) {
-  const table = element("table", { class: "numbers" });
-  table.appendChild(element("caption", {}, `On ${validation.samples} ${validation.split} images`));
-  const head = table.createTHead().insertRow();
-  for (const name of ["class", "precision", "recall", "F1", "images"]) head.appendChild(element("th", { scope: "col" }, name));
-  const body = table.createTBody();
-  for (const [name, m] of Object.entries(validation.per_class)) {
-    const row = body.insertRow();
-    row.appendChild(element("th", { scope: "row" }, name));
-    for (const value of [m.precision.toFixed(3), m.recall.toFixed(3), m.f1.toFixed(3), m.support]) {
-      row.appendChild(element("td", {}, String(value)));
-    }
-  }
-  return section("Per class", table);
-}
-
-// Rows are the true classes, columns the predicted ones; colour follows the row-normalised share.
-function confusionMatrix(matrix, validation) {
-  if (!matrix || !matrix.counts) return section("Confusion matrix", element("p", {}, "Not exported with this model."));
-  const table = element("table", { class: "confusion" });
-  table.appendChild(element("caption", {}, "Rows: true class. Columns: predicted class. Each cell: share of the row (count)."));
-  const head = table.createTHead().insertRow();
-  head.appendChild(element("td"));
-  for (const name of matrix.classes) head.appendChild(element("th", { scope: "col" }, name));
-  const body = table.createTBody();
-  matrix.counts.forEach((counts, i) => {
-    const row = body.insertRow();
-    row.appendChild(element("th", { scope: "row" }, matrix.classes[i]));
-    counts.forEach((count, j) => {
-      const share = matrix.normalized ? matrix.normalized[i][j] : 0;
-      const cell = element("td", { class: share > 0.5 ? "dark" : "" });
-      cell.style.background = `rgba(37, 99, 235, ${Math.min(1, share * 1.1).toFixed(3)})`;
-      cell.append(element("span", { class: "share" }, percent(share)), element("span", { class: "count" }, `(${count})`));
-      if (i === j) cell.classList.add("diagonal");
-      row.appendChild(cell);
-    });
-  });
-  const wrapper = element("div", { class: "scroll" });
-  wrapper.appendChild(table);
-  const confused = (validation ? validation.most_confused : []).slice(0, 3)
-    .map((pair) => `${pair.true} read as ${pair.predicted} (${percent(pair.rate)})`).join("; ");
-  const note = element("p", { class: "hint" }, confused ? `Most confused: ${confused}.` : "");
-  return section("Confusion matrix", wrapper, note);
-}
-
-function architectureTable(rows) {
-  if (!rows.length) return section("Architecture", element("p", {}, "Not exported with this model."));
-  const table = element("table", { class: "numbers architecture" });
-  const total = rows.reduce((sum, row) => sum + row.parameters, 0);
-  const head = table.createTHead().insertRow();
-  for (const name of ["layer", "type", "parameters", "output shape"]) head.appendChild(element("th", { scope: "col" }, name));
-  const body = table.createTBody();
-  for (const layer of rows) {
-    const row = body.insertRow();
-    row.appendChild(element("th", { scope: "row" }, layer.name));
-    row.appendChild(element("td", {}, layer.type));
-    row.appendChild(element("td", {}, layer.parameters.toLocaleString("en")));
-    row.appendChild(element("td", {}, layer.output_shape.join(" x ")));
-  }
-  // Long (one row per module): folded, with its totals in the summary.
-  const details = element("details", { class: "scroll" });
-  details.append(element("summary", {}, `${rows.length} modules, ${total.toLocaleString("en")} parameters: ` +
-                                         "show the table"), table);
-  return section("Architecture", details);
 }
 
 // --- start -------------------------------------------------------------------------------------------
