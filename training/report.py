@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from schemas.manifest import Manifest  # noqa: E402
 from service.runtime.explain import Explainer  # noqa: E402
 from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, compute_filters  # noqa: E402
 from service.runtime.modeldir import (  # noqa: E402
@@ -176,7 +177,7 @@ def tiles(images: np.ndarray, titles: list[str], columns: int = 8, cmap: str = "
     return _figure(figure)
 
 
-def model_card(manifest, faithfulness: list[dict]) -> str:
+def model_card(manifest: Manifest, faithfulness: list[dict]) -> str:
     """What the model is, how it was trained, how well it does per class, and how faithful each saliency
     method is on it (deletion/insertion against a random map, the randomisation sanity check)."""
     facts = [("name", f"{manifest.name} {manifest.version}"), ("created", manifest.created),
@@ -210,7 +211,7 @@ def model_card(manifest, faithfulness: list[dict]) -> str:
     return content
 
 
-def faces_for(manifest, data: str | None) -> tuple[str, str]:
+def faces_for(manifest: Manifest, data: str | None) -> tuple[str, str]:
     """The faces of Q4 and the derivations: `data`, else the model's own data, else the synthetic generator's
     (a model exported from shipped weights on a machine without FER2013)."""
     source = data or manifest.training.data
@@ -220,7 +221,11 @@ def faces_for(manifest, data: str | None) -> tuple[str, str]:
 
 
 def build_report(model_dir: Path, data: str | None = None, steps: int = 64) -> str:
-    manifest = load_manifest(model_dir)
+    return render_report(model_dir, load_manifest(model_dir), data, steps)
+
+
+def render_report(model_dir: Path, manifest: Manifest, data: str | None, steps: int) -> str:
+    """The report of a model directory whose manifest is already loaded and verified."""
     model = load_eager_model(model_dir, manifest, torch.device("cpu"))
     explainer = Explainer(model, manifest.architecture, torch.device("cpu"))
     classes, size = manifest.classes, manifest.input.height
@@ -300,6 +305,6 @@ def store_report(model_dir: Path, data: str | None = None, steps: int = 64) -> P
     service serves it (`GET /model/report`, the web page's model view)."""
     manifest = load_manifest(model_dir)  # before the report is replaced: it verifies the previous one
     path = Path(model_dir) / REPORT_FILE
-    write_atomically(path, build_report(model_dir, data, steps))
+    write_atomically(path, render_report(model_dir, manifest, data, steps))
     add_artifact(model_dir, manifest, "report", REPORT_FILE)
     return path
