@@ -3,7 +3,8 @@
 For each detector and face source (FER2013 validation faces where `../shared/data/fer2013` exists, the
 procedural faces always): recall and precision at IoU >= 0.5 for faces of 48 px and more, ms per scene and,
 with `--model`, the share of found faces whose predicted label equals the label predicted on the original
-48x48 crop. Then the detectors on the real photographs scikit-image ships. Prints a table per part.
+48x48 crop (both with the model's test-time augmentation, as served), and what a perfect detector could reach.
+Then the detectors on the real photographs scikit-image ships. Prints a table per part.
 """
 
 import argparse
@@ -11,11 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from service.runtime.modeldir import load_manifest
+from service.runtime.tta import predict_with_tta
 from service.runtime.backends import load_backend
 from service.runtime.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
 from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthetic_source
@@ -45,7 +48,7 @@ def match(truth: list[tuple[int, int, int, int]], found: list[tuple[int, int, in
     return matched
 
 
-def score_detector(detector, scenes: list[Scene], model, margin: float, min_face: int) -> SceneScore:
+def score_detector(detector, scenes: list[Scene], model, tta: str, margin: float, min_face: int) -> SceneScore:
     score = SceneScore()
     for scene in scenes:
         started = time.perf_counter()
@@ -60,9 +63,30 @@ def score_detector(detector, scenes: list[Scene], model, margin: float, min_face
             grey = np.asarray(Image.fromarray(scene.image).convert("L"))  # as the service decodes uploads
             crops = np.stack([crop_face(grey, faces[j], 48, margin) for _, j in matched])
             originals = np.stack([truth[i].crop for i, _ in matched])
-            predicted = model.predict(np.concatenate([crops, originals])[:, None]).argmax(1)
+            predicted = predict_with_tta(model.predict, np.concatenate([crops, originals])[:, None], tta).argmax(1)
             score.agreed += int((predicted[:len(matched)] == predicted[len(matched):]).sum())
     return score
+
+
+def agreement_ceiling(scenes: list[Scene], model, tta: str) -> tuple[int, float, float]:
+    """What label agreement a perfect detector could reach: the label of each pasted face cut out at its true box
+    with its rotation undone (only the resampling differs from the original crop) against the original's, with
+    the model's TTA; and, without TTA (flip TTA would make the two the same), the label of the original's mirror
+    image against the original's. Returns (faces, both shares)."""
+    unturned, originals = [], []
+    for scene in scenes:
+        grey = np.asarray(Image.fromarray(scene.image).convert("L"))
+        for face in (face for face in scene.faces if face.box[2] >= MIN_GT_FACE):
+            x, y, side, _ = face.box
+            turn = cv2.getRotationMatrix2D((x + (side - 1) / 2, y + (side - 1) / 2), -face.angle, 1.0)
+            upright = cv2.warpAffine(grey, turn, (grey.shape[1], grey.shape[0]), flags=cv2.INTER_LINEAR)
+            unturned.append(cv2.resize(upright[y:y + side, x:x + side], (48, 48), interpolation=cv2.INTER_AREA))
+            originals.append(face.crop)
+    original = np.stack(originals)[:, None]
+    served, resampled = (predict_with_tta(model.predict, batch, tta).argmax(1)
+                         for batch in (original, np.stack(unturned)[:, None]))
+    plain, mirrored = (model.predict(np.ascontiguousarray(batch)).argmax(1) for batch in (original, original[..., ::-1]))
+    return len(originals), float((resampled == served).mean()), float((mirrored == plain).mean())
 
 
 def photos_table(detectors: dict, min_face: int) -> None:
@@ -96,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    model = None
+    model, tta = None, "none"
     if args.model:
-        model, _ = load_backend(args.model, load_manifest(args.model), "torchscript", torch.device("cpu"))
+        manifest = load_manifest(args.model)
+        model, _ = load_backend(args.model, manifest, "torchscript", torch.device("cpu"))
+        tta = manifest.tta  # as the service predicts
     detectors = {name: make_detector(name) for name in args.detectors}
     sources = [synthetic_source()]
     if FER2013_VAL.is_dir():
@@ -111,14 +137,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()}")
     print("| faces | detector | faces there | recall | precision | label agreement | ms per scene |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    ceilings = {}
     for source in sources:
         scenes = make_scenes(args.scenes, source, seed=args.seed)
+        if model is not None:
+            ceilings[source.name] = agreement_ceiling(scenes, model, tta)
         for name, detector in detectors.items():
-            score = score_detector(detector, scenes, model, args.margin, args.min_face)
+            score = score_detector(detector, scenes, model, tta, args.margin, args.min_face)
             agreement = f"{score.agreed / score.found:.1%}" if model is not None and score.found else "-"
             print(f"| {source.name} | {name} | {score.faces} | {score.found / max(1, score.faces):.3f} | "
                   f"{score.found / max(1, score.detections):.3f} | {agreement} | "
                   f"{1000 * score.seconds / len(scenes):.0f} |", flush=True)
+    if model is not None:
+        print("\nLabel agreement a perfect detector could reach (faces >= 48 px; true box, rotation undone):")
+        for source, (faces, resampled, mirrored) in ceilings.items():
+            print(f"- {source}: {faces} faces; resampled only {resampled:.1%}; the original's mirror image (no TTA) "
+                  f"{mirrored:.1%}")
     photos_table(detectors, args.min_face)
     return 0
 

@@ -28,10 +28,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, env: dict, module: str = "service") -> subprocess.Popen:
+def start_server(model: Path, port: int, env: dict, module: str = "service", root: Path = ROOT) -> subprocess.Popen:
+    """`python -m module` of the checkout at `root` (this one by default), once it answers /readyz."""
     arguments = ["--host", "127.0.0.1"] if module == "service" else []
     process = subprocess.Popen([sys.executable, "-m", module, "--model", str(model), *arguments, "--port", str(port)],
-                               cwd=ROOT, env={**os.environ, "FER_LOG_LEVEL": "warning", **env})
+                               cwd=root, env={**os.environ, "FER_LOG_LEVEL": "warning", **env})  # -m imports from cwd
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="max batch size with batching on "
                                                                     "(default 256 on CUDA, 64 on the CPU)")
     parser.add_argument("--backend", default="torchscript")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="FER_PRECISION of this service (int8: the ONNX int8 artifact, with --backend onnx or auto)")
     parser.add_argument("--compare", action="store_true",
                         help="side by side with the plain FastAPI baseline (bench/baseline.py), fp32, no TTA")
     args = parser.parse_args()
@@ -79,7 +82,7 @@ def main() -> None:
     rows = []
     for name, env in configurations.items():
         port = free_port()
-        server = start_server(args.model, port, {**env, "FER_BACKEND": args.backend,
+        server = start_server(args.model, port, {**env, "FER_BACKEND": args.backend, "FER_PRECISION": args.precision,
                                                  "FER_MAX_IMAGES_PER_REQUEST": str(max(*args.images, SALIENCY_IMAGES))})
         try:
             url = f"http://127.0.0.1:{port}"
@@ -104,7 +107,8 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serve-{'cuda' if cuda else 'cpu'}.json"
-    path.write_text(json.dumps({"device": device, "backend": args.backend, "model": str(args.model), "rows": rows},
+    path.write_text(json.dumps({"device": device, "backend": args.backend, "precision": args.precision,
+                                "model": str(args.model), "rows": rows},
                                indent=1))
     print(f"device: {device}; written to {path}")
 
@@ -117,7 +121,8 @@ def compare(args) -> None:
     """The same loads against the plain baseline and this service (default settings but TTA off, so both compute
     one forward pass per image), in one run; prints the ratio per load shape."""
     servers = {"plain FastAPI": ("bench.baseline", {}),
-               "this service": ("service", {"FER_BACKEND": args.backend, "FER_TTA": "none"})}
+               "this service": ("service", {"FER_BACKEND": args.backend, "FER_PRECISION": args.precision,
+                                            "FER_TTA": "none"})}
     results = {}
     for name, (module, env) in servers.items():
         port = free_port()

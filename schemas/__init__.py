@@ -28,6 +28,7 @@ from schemas.manifest import (
     EvaluationMetrics,
     InputSpec,
     Manifest,
+    ParentWeights,
     Preprocessing,
     TrainingConfig,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Manifest",
     "ModelInfo",
     "ModelReport",
+    "ParentWeights",
     "Face",
     "FaceBox",
     "FacePrediction",

@@ -54,6 +54,23 @@ class TrainingConfig(BaseModel):
     channels_last: bool = False
     tta: TtaMode = "none"
     machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
+    parent: "ParentWeights | None" = Field(None, description="The shipped weights this run was fine-tuned from.")
+
+
+class ParentWeights(BaseModel):
+    """Shipped weights a run started from, as their card described them when the run began (so that the lineage
+    survives the file being replaced in place)."""
+
+    file: str
+    sha256: str
+    training: TrainingConfig
+    training_seconds: float
+    split: str | None = None
+    accuracy: float | None = Field(None, description="On `split`, with `tta`, as the card measured it.")
+    tta: TtaMode | None = None
+
+
+TrainingConfig.model_rebuild()  # its `parent` refers to ParentWeights, defined after it
 
 
 class ClassMetrics(BaseModel):

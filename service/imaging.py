@@ -2,6 +2,7 @@
 
 import io
 import math
+from collections.abc import Callable
 
 import matplotlib
 import numpy as np
@@ -32,14 +33,22 @@ def excerpt(text: str, limit: int = NAME_EXCERPT) -> str:
 def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Any image Pillow reads, colour or grey, 8 or 16 bits, any size (first frame of animations): a uint8 grey
     array of `size` (height, width), and the upright image's (width, height). Failures are ImageErrors."""
-    image, original = open_upright(data, filename, max_pixels, max(size), "L")
+    side = max(size)  # covers the target in either orientation
+    image, original = open_upright(data, filename, max_pixels, "L", lambda width, height: (side, side))
     return np.asarray(image.resize((size[1], size[0]), Image.BILINEAR)), original
 
 
 def decode_photo(data: bytes, filename: str, max_pixels: int, keep_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """An upright RGB photo (EXIF rotation applied) reduced to at most `keep_pixels` pixels, and the upright
     image's full (width, height): what face detection and cropping work on."""
-    image, original = open_upright(data, filename, max_pixels, math.isqrt(keep_pixels), "RGB")
+    def draft_size(width: int, height: int) -> tuple[int, int]:
+        # JPEG's reduced scales are taken while at least half of `keep_pixels` remain: a 12 MP photo decodes at
+        # 1/2 scale (3 MP) rather than in full. Detection works on a smaller copy still; faces are cropped from
+        # this one, at 0.85x the side they would have had at `keep_pixels`.
+        ratio = min(1.0, math.sqrt(keep_pixels / 2 / (width * height)))
+        return math.ceil(width * ratio), math.ceil(height * ratio)
+
+    image, original = open_upright(data, filename, max_pixels, "RGB", draft_size)
     return np.asarray(shrunk_to(image, keep_pixels)), original
 
 
@@ -52,10 +61,11 @@ def shrunk_to(image: Image.Image, pixels: int) -> Image.Image:
     return image.resize((max(1, int(width * ratio)), max(1, int(height * ratio))), Image.BILINEAR)
 
 
-def open_upright(data: bytes, filename: str, max_pixels: int, side: int, mode: str) -> tuple[Image.Image, tuple[int, int]]:
+def open_upright(data: bytes, filename: str, max_pixels: int, mode: str,
+                 draft_size: Callable[[int, int], tuple[int, int]]) -> tuple[Image.Image, tuple[int, int]]:
     """The decoded image in 8-bit `mode` (L or RGB), turned upright, decoded at reduced scale where the format
-    allows it and `side` pixels are still covered; and the full upright (width, height). Every failure is an
-    ImageError naming the file."""
+    allows it and `draft_size(width, height)` of the stored image is still covered; and the full upright
+    (width, height). Every failure is an ImageError naming the file."""
     name = excerpt(filename)
     if not data:
         raise ImageError(f"{name}: empty file")
@@ -65,8 +75,8 @@ def open_upright(data: bytes, filename: str, max_pixels: int, side: int, mode: s
             if width * height > max_pixels:
                 raise ImageError(f"{name}: image is {width}x{height} pixels, more than the limit of "
                                  f"{max_pixels}", status=413)
-            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target (either orientation).
-            image.draft(mode, (side, side))
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the draft size.
+            image.draft(mode, draft_size(width, height))
             image.load()
             drafted = image.size
             upright = ImageOps.exif_transpose(image)

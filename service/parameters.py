@@ -44,8 +44,8 @@ def parse_target(target: str | int | None, classes: list[str]) -> int | None:
                            f"name ({', '.join(classes)}) or an index 0-{len(classes) - 1}")
 
 
-def check_saliency_cost(method: str, faces: int, budget: int) -> None:
-    cost = METHODS[method].forward_passes(faces)
+def check_saliency_cost(model: FerModel, method: str, faces: int, budget: int) -> None:
+    cost = METHODS[method].forward_passes(faces, model.explainer.model.image_size)
     if cost > budget:
         raise InvalidParameter(f"{method} on {faces} faces costs {cost} forward passes, more than the budget of "
                                f"{budget} per request: send fewer images or use a cheaper method")

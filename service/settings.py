@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     detect_max_pixels: int = Field(1_000_000, ge=4096, description="Detection runs on a copy of at most this "
                                                                    "many pixels (boxes in the upload's pixels).")
     photo_max_pixels: int = Field(4_194_304, ge=4096, description="Photos are decoded to at most this many "
-                                                                  "pixels; faces are cropped from that.")
+                                                                  "pixels (JPEGs to between half of it and it); "
+                                                                  "faces are cropped from that.")
     whole_image_max_side: int = Field(256, ge=1, description="faces=auto: a roughly square image this small with "
                                                              "no face found is taken whole, as a face crop.")
     max_png_pixels: int = Field(4_000_000, ge=10_000, description="Largest PNG any endpoint draws.")

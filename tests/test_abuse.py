@@ -15,7 +15,7 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.imaging import decode_image
+from service.imaging import decode_image, decode_photo
 from service.server import DrainingServer
 
 from .conftest import make_client
@@ -107,6 +107,20 @@ def test_large_jpeg_is_decoded_at_reduced_size_close_to_a_full_decode():
     reduced = decode_image(buffer.getvalue(), "big.jpg", (48, 48), 10_000_000)[0].astype(int)
     full = np.asarray(Image.fromarray(grey).resize((48, 48), Image.BILINEAR)).astype(int)
     assert np.abs(reduced - full).mean() < 4
+
+
+@pytest.mark.parametrize("kind, orientation", [("JPEG", 1), ("JPEG", 6), ("PNG", 1)])
+def test_photos_are_decoded_at_reduced_scale_within_their_pixel_budget(kind, orientation):
+    gradient = np.linspace(0, 255, 2400, dtype=np.uint8)[None, :, None].repeat(1800, 0).repeat(3, 2)
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 6: stored on its side, shown turned a quarter clockwise
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).save(buffer, format=kind, exif=exif)
+    image, original = decode_photo(buffer.getvalue(), "big", max_pixels=20_000_000, keep_pixels=1_500_000)
+    # a JPEG is decoded at 1/2 scale (1.08 MP: at least half of the budget), a PNG in full and then shrunk
+    expected = {("JPEG", 1): (900, 1200, 3), ("JPEG", 6): (1200, 900, 3), ("PNG", 1): (1060, 1414, 3)}
+    assert image.shape == expected[kind, orientation]
+    assert original == ((1800, 2400) if orientation == 6 else (2400, 1800))  # upright (width, height)
 
 
 # --- query numbers, validation errors and their shape --------------------------------------------------

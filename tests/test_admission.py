@@ -46,6 +46,10 @@ def test_cost_budgets_are_422_naming_the_budget(model_dir):
         over = client.post("/saliency?method=smoothgrad", files=upload(*[face_bytes()] * 8))
         assert over.status_code == 422 and "budget of 100" in over.json()["detail"]
         assert client.post("/saliency?method=vanilla", files=upload(*[face_bytes()] * 8)).status_code == 200
+        # occlusion's cost follows the network's input side (32 here): 7 x 7 windows + 1 pass = 50 per face
+        assert client.post("/saliency?method=occlusion", files=upload(*[face_bytes()] * 2)).status_code == 200
+        over = client.post("/saliency?method=occlusion", files=upload(*[face_bytes()] * 3))
+        assert over.status_code == 422 and "costs 150 forward passes" in over.json()["detail"]
         filters = client.get("/filters/layer4.1.conv2?filters=0-31&steps=64&size=48")
         assert filters.status_code == 422 and "exceeds the budget" in filters.json()["detail"]
 

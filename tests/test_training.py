@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from schemas.labels import CLASSES
 from schemas.manifest import Manifest
@@ -228,6 +229,38 @@ def test_bad_weights_file_stops_with_a_message_naming_it(shipped, tmp_path, caps
     expected = {"missing": "weights file not found", "truncated": "truncated or was changed",
                 "tampered": "truncated or was changed", "no card": "model card of fer.safetensors is missing"}[damage]
     assert "fer." in error and expected in error and "Traceback" not in error
+
+
+def test_training_fine_tunes_shipped_weights_at_a_larger_side(shipped, tmp_path, capsys):
+    # one epoch at learning rate 0: the run's parameters are the shipped ones, seen at a larger side
+    short = ["--data", "synthetic:700", "--epochs", "1", "--image-size", "40", "--batch-size", "64", "--lr", "0",
+             "--ema-decay", "0"]
+    assert training_main(["train", "--out", str(tmp_path / "tuned"), "--weights", str(shipped), *short]) == 0
+    tuned = load_manifest(tmp_path / "tuned")
+    assert tuned.training.weights == str(shipped) and tuned.training.image_size == 40
+    start, end = load_file(shipped), load_file(tmp_path / "tuned" / "weights.safetensors")
+    parameters = [name for name in start if name.endswith((".weight", ".bias"))]
+    assert len(parameters) > 40 and all(torch.equal(start[name].float(), end[name]) for name in parameters)
+    # the lineage is recorded when the run begins and goes into the card of the weights shipped from it
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    assert tuned.training.parent.sha256 == card["sha256"] and tuned.training.parent.training.image_size == 32
+    again = tmp_path / "shipped" / "fer.safetensors"
+    assert training_main(["export", "--checkpoint", str(tmp_path / "tuned" / "best.pt"), "--out",
+                          str(tmp_path / "exported"), "--save-weights", str(again)]) == 0
+    assert json.loads(again.with_name("fer.card.json").read_text())["training"]["parent"]["sha256"] == card["sha256"]
+    model_card = again.with_name("fer.md").read_text()
+    assert "trained from scratch on FER2013, then fine-tuned" in model_card and card["sha256"][:16] in model_card
+    assert "--epochs 5 --image-size 32" in model_card and "--image-size 40" in model_card  # both steps' commands
+    # weights of other classes are refused by name, before any training
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    shutil.copy(shipped, tmp_path / "fer.safetensors")
+    (tmp_path / "fer.card.json").write_text(json.dumps({**card, "classes": list(reversed(card["classes"]))}))
+    capsys.readouterr()
+    assert training_main(["train", "--out", str(tmp_path / "other"), "--weights", str(tmp_path / "fer.safetensors"),
+                          *short]) == 2
+    error = capsys.readouterr().err
+    assert "fer.safetensors" in error and "cannot initialise" in error and "Traceback" not in error
+    assert not (tmp_path / "other").exists()  # refused before the data is read or anything is written
 
 
 def test_too_small_a_data_set_is_a_clear_error(tmp_path, capsys):

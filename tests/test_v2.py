@@ -340,7 +340,13 @@ BAD_REQUESTS = {
     "filter out of range": (400, "conv1 has filters 0-63", lambda http: raw_infer(http, f"{MODEL}-filters", {"inputs": [
         {"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["conv1"]},
         {"name": "filters", "datatype": "INT32", "shape": [1], "data": [64]}]})),
-    "too many filter steps": (400, "parameter 'steps'", lambda http: raw_infer(http, f"{MODEL}-filters", {
+    "non-ASCII digit steps": (400, "parameter 'steps' must be an integer", lambda http: raw_infer(
+        http, f"{MODEL}-filters", {
+        "inputs": [{"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["conv1"]},
+                   {"name": "filters", "datatype": "INT32", "shape": [1], "data": [0]}],
+        "parameters": {"steps": "²"}})),  # '²' passes str.isdigit but not int()
+    "too many filter steps": (400, "parameter `steps`: 1000000 exceeds the limit", lambda http: raw_infer(
+        http, f"{MODEL}-filters", {
         "inputs": [{"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["conv1"]},
                    {"name": "filters", "datatype": "INT32", "shape": [1], "data": [0]}],
         "parameters": {"steps": 10**6}})),

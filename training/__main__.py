@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                        help="of training steps: auto = bf16 on CUDA and on CPUs with bf16 instructions")
     train.add_argument("--weights", default="none",
-                       help="none (from scratch), imagenet (torch hub cache) or a ResNet18 state dict path")
+                       help="none (from scratch), imagenet (torch hub cache), a ResNet18 state dict path, or shipped "
+                            "FER weights NAME.safetensors to fine-tune (e.g. at a larger --image-size)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1,

@@ -42,6 +42,29 @@ def training_command(training: dict) -> str:
         f"--{name.replace('_', '-')} {training[name]}" for name in options if name in training)
 
 
+def lineage(card: dict) -> str:
+    """How the weights came to be: from scratch, from a backbone, or fine-tuned from earlier shipped weights
+    (recorded in the training config when each run began; each step's command, oldest first)."""
+    steps, training = [], card["training"]
+    while training.get("parent"):
+        steps.append(training["parent"])
+        training = training["parent"]["training"]
+    start = "trained from scratch" if training["weights"] == "none" else f"trained from `{training['weights']}`"
+    if not steps:
+        return f"{start} on FER2013."
+    text = f"{start} on FER2013, then fine-tuned; each step, oldest first:\n"
+    for step in reversed(steps):
+        replaced = ", in this repository's history before it was replaced in place" if step["file"] == card["file"] \
+            else ""
+        accuracy = (f", {step['accuracy'] * 100:.2f} % on `{step['split']}` (TTA `{step['tta']}`)"
+                    if step.get("accuracy") is not None else "")
+        size = step["training"]["image_size"]
+        text += (f"\n1. `{step['file']}` (sha256 `{step['sha256'][:16]}…`{replaced}): {step['training']['epochs']} "
+                 f"epochs at {size}x{size}, {step['training_seconds'] / 60:.0f} min{accuracy}\n\n"
+                 f"   ```bash\n   {training_command(step['training'])}\n   ```\n")
+    return text + "\n1. this file, fine-tuned from the last of them with the command below.\n"
+
+
 def render(card: dict) -> str:
     evaluation, training, history = card["evaluation"], card["training"], card["history"]
     seconds = sum(row.get("seconds", 0) for row in history)
@@ -53,7 +76,7 @@ def render(card: dict) -> str:
     return f"""# Model card: `{card['file']}`
 
 ResNet18 (`{card['architecture']}` in the architecture registry: torchvision ResNet18, last layer
-`Dropout(0.5)` + `Linear(512, {len(classes)})`) for facial expressions, trained from scratch on FER2013.
+`Dropout(0.5)` + `Linear(512, {len(classes)})`) for facial expressions, {lineage(card)}
 
 | | |
 | --- | --- |
@@ -62,8 +85,8 @@ ResNet18 (`{card['architecture']}` in the architecture registry: torchvision Res
 | classes, in output order | {', '.join(f'{i} {name}' for i, name in enumerate(classes))} (FER2013's canonical order) |
 | input | grey uint8 {card['input_size']}x{card['input_size']} face crops; the network sees {training['image_size']}x{training['image_size']} |
 | data | FER2013 Training (28,709 images) for training; PublicTest (3,589) for every choice and figure here |
-| epochs | {training['epochs']} |
-| training time | {seconds / 60:.1f} min ({training['device']}, precision {training['precision']}) on {training.get('machine') or 'the machine named in docs/benchmarks.md'} |
+| epochs | {training['epochs']}{' (this step)' if card['training'].get('parent') else ''} |
+| training time | {seconds / 60:.1f} min ({'this step; ' if card['training'].get('parent') else ''}{training['device']}, precision {training['precision']}) on {training.get('machine') or 'the machine named in docs/benchmarks.md'} |
 | test-time augmentation | `{card['tta']}` (applied by `evaluate` and by the service) |
 
 Command (from the repository root):

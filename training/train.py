@@ -22,12 +22,12 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from schemas.labels import CLASSES
-from schemas.manifest import TrainingConfig
+from schemas.manifest import ParentWeights, TrainingConfig
 from service.runtime.architectures import FerNet, build_model
 from service.runtime.tta import predict_with_tta
 from training import data as data_module
 from training.augment import augment
-from training.export import export_model
+from training.export import WeightsError, export_model, load_shipped_weights
 from training.metrics import confusion_json, confusion_matrix, summarize
 from training.plots import plot_confusion, plot_history
 
@@ -40,9 +40,15 @@ def imagenet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
 
 
+def is_shipped_weights(weights: str) -> bool:
+    """Whether `--weights` names shipped FER weights (NAME.safetensors beside NAME.card.json), which
+    `initial_model` loads whole, rather than a backbone for `resolve_weights`."""
+    return weights.endswith(".safetensors")
+
+
 def resolve_weights(weights: str) -> Path | None:
     """`none`, `imagenet` (torch hub cache) or a path to a backbone state dict; fails with what to do."""
-    if weights == "none":
+    if weights == "none" or is_shipped_weights(weights):
         return None
     path = imagenet_weights_path() if weights == "imagenet" else Path(weights)
     if not path.is_file():
@@ -64,6 +70,25 @@ class _Logits(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.logits(pixels)
+
+
+def initial_model(args: argparse.Namespace) -> tuple[FerNet, ParentWeights | None]:
+    """A new network, or one fine-tuned from shipped FER weights (verified against their card), with what their
+    card says of them. The network's weights do not depend on the side it sees, so a model trained at 48 can be
+    fine-tuned at a larger side."""
+    model = build_model(args.architecture, args.image_size, len(CLASSES), resolve_weights(args.weights))
+    if not is_shipped_weights(args.weights):
+        return model, None
+    shipped, card = load_shipped_weights(Path(args.weights))
+    if card["architecture"] != args.architecture or card["classes"] != list(CLASSES):
+        raise WeightsError(f"{args.weights}: a {card['architecture']} over {card['classes']}, cannot initialise a "
+                           f"{args.architecture} over {list(CLASSES)} (see --architecture)")
+    model.net.load_state_dict(shipped.net.state_dict())
+    evaluation = card.get("evaluation") or {}
+    return model, ParentWeights(file=card["file"], sha256=card["sha256"], training=TrainingConfig(**card["training"]),
+                                training_seconds=sum(row.get("seconds", 0) for row in card.get("history", [])),
+                                split=evaluation.get("split"), accuracy=evaluation.get("accuracy"),
+                                tta=evaluation.get("tta"))
 
 
 def setup_device(choice: str) -> tuple[torch.device, int, int]:
@@ -223,14 +248,16 @@ def write_history(history: list[dict], out: Path) -> None:
     plot_history(history, out / "history.png")
 
 
-def training_config(args: argparse.Namespace, device: torch.device, world_size: int) -> TrainingConfig:
+def training_config(args: argparse.Namespace, device: torch.device, world_size: int,
+                    parent: ParentWeights | None = None) -> TrainingConfig:
     return TrainingConfig(data=args.data, architecture=args.architecture, epochs=args.epochs,
                           image_size=args.image_size,
                           batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
                           cutmix=args.cutmix, ema_decay=args.ema_decay, weights=args.weights, seed=args.seed,
                           device=device.type, world_size=world_size, precision=args.precision,
-                          channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device))
+                          channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device),
+                          parent=parent)
 
 
 def describe_machine(device: torch.device) -> str:
@@ -250,7 +277,10 @@ def check_resume(saved: dict, config: TrainingConfig, path: Path) -> None:
     saved = TrainingConfig(**saved).model_dump()  # settings added since take their defaults
     differences = [f"--{name.replace('_', '-')} {saved.get(name)!r} in the checkpoint, {value!r} now"
                    for name, value in config.model_dump().items()
-                   if name not in RESUMABLE_CHANGES and saved.get(name) != value]
+                   if name not in RESUMABLE_CHANGES | {"parent"} and saved.get(name) != value]
+    then, now = (saved["parent"] or {}).get("sha256"), config.parent.sha256 if config.parent else None
+    if then != now:
+        differences.append(f"--weights {config.weights}: sha256 {then} in the checkpoint, {now} now")
     if differences:
         raise SystemExit(f"--resume: {path} was trained with other settings: {'; '.join(differences)}. "
                          "Resume with the checkpoint's settings, or start a new run directory.")
@@ -281,6 +311,7 @@ def train(args: argparse.Namespace) -> None:
     args.channels_last = args.precision == "bf16" or device.type == "cuda"
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    model, parent = initial_model(args)  # before the data: a wrong --weights stops at once
 
     train_data, val_data = load_data(args)
     check_data_size(train_data, val_data, args, world_size)
@@ -293,7 +324,7 @@ def train(args: argparse.Namespace) -> None:
     train_images, train_labels = train_data.images.to(device), train_data.labels.to(device)
     val_images, val_labels = val_data.images.to(device), val_data.labels.to(device)
 
-    model = build_model(args.architecture, args.image_size, len(CLASSES), resolve_weights(args.weights)).to(device)
+    model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Weight EMA (BatchNorm statistics too), evaluated every epoch beside the raw weights.
@@ -305,7 +336,7 @@ def train(args: argparse.Namespace) -> None:
     steps_per_epoch = -(-(len(train_labels) // world_size) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.15)
-    config = training_config(args, device, world_size)
+    config = training_config(args, device, world_size, parent)
     history: list[dict] = []
     best_accuracy, start_epoch = -1.0, 0
     if args.resume and (out / CHECKPOINT_FILE).exists():

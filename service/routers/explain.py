@@ -57,7 +57,7 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
     images are decoded (503 when the explanation slots are full). `GET /explanations` lists the methods with
     their measured faithfulness."""
     crops = uploaded.crops
-    check_saliency_cost(method, len(crops), settings.max_explanation_passes)
+    check_saliency_cost(model, method, len(crops), settings.max_explanation_passes)
     target_index = parse_target(target, model.classes)
     if layer is not None and not METHODS[method].uses_layer:
         raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")

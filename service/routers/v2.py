@@ -9,6 +9,7 @@ Errors are `{"error": "..."}`; tensors are decoded and encoded in service/oip.py
 
 import base64
 import binascii
+import re
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -313,7 +314,7 @@ async def run_saliency(request: Request, model: FerModel, parsed: oip.Request):
     settings, pool = request.app.state.settings, request.app.state.explanations
     with pool.admitted() as ticket:  # before decoding, as /saliency
         images = await _face_batch(request, model, parsed)
-        check_saliency_cost(method, len(images), settings.max_explanation_passes)
+        check_saliency_cost(model, method, len(images), settings.max_explanation_passes)
         maps, targets, probabilities = await pool.run(ticket, request, model.saliency, images, method, target)
     request.app.state.metrics.images.labels("/v2/models/{name}/infer").inc(len(images))
     return {"saliency": maps.numpy().astype(np.float32), "target": targets.numpy().astype(np.int32),
@@ -330,7 +331,7 @@ async def run_filters(request: Request, model: FerModel, parsed: oip.Request):
     mode = parsed.parameters.get("mode", FILTER_MODES[0])
     if mode not in FILTER_MODES:
         raise ProtocolError(f"unknown mode {mode!r}; expected one of {', '.join(FILTER_MODES)}")
-    steps = _int_parameter(parsed.parameters, "steps", DEFAULT_STEPS, 1, settings.max_filter_steps)
+    steps = _int_parameter(parsed.parameters, "steps", DEFAULT_STEPS, 1)  # its limit: checked_filter_request
     size = _int_parameter(parsed.parameters, "size", DEFAULT_SIZE, *SIZES)
     filter_request = checked_filter_request(model, settings, layer, indices, mode, steps, size)
     result, cached = await filter_views(request, model, request.app.state.explanations, filter_request,
@@ -340,12 +341,13 @@ async def run_filters(request: Request, model: FerModel, parsed: oip.Request):
             {"cached": cached, "steps": filter_request.steps, "size": filter_request.size})
 
 
-def _int_parameter(parameters: dict, key: str, default: int, low: int, high: int) -> int:
+def _int_parameter(parameters: dict, key: str, default: int, low: int, high: int | None = None) -> int:
     value = parameters.get(key, default)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):  # not str.isdigit: '²' is a digit
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ProtocolError(f"parameter {key!r} must be an integer from {low} to {high}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ProtocolError(f"parameter {key!r} must be an integer {bounds}, got {value!r}")
     return value
 
 

@@ -38,7 +38,8 @@ class SaliencyMethod:
     description: str
     attribute: Callable[["Explainer", torch.Tensor, torch.Tensor, str], torch.Tensor]
     uses_layer: bool = False  # whether `?layer=` applies
-    forward_passes: Callable[[int], int] = lambda images: images  # cost, for admission budgets
+    # cost, for admission budgets: forward passes for (images, side of the network's input)
+    forward_passes: Callable[[int, int], int] = lambda images, side: images
 
 
 def _channel_max(attributions: torch.Tensor) -> torch.Tensor:
@@ -98,8 +99,8 @@ def _occlusion(explainer, inputs, targets, layer):
     return drop[:, 0].clamp(min=0)
 
 
-def _occlusion_passes(images: int, size: int = 48) -> int:
-    windows = ((size - OCCLUSION_WINDOW) // OCCLUSION_STRIDE + 1) ** 2
+def _occlusion_passes(images: int, side: int) -> int:
+    windows = (-(-(side - OCCLUSION_WINDOW) // OCCLUSION_STRIDE) + 1) ** 2  # Captum rounds the last window up
     return images * (windows + 1)
 
 
@@ -108,12 +109,12 @@ METHODS: dict[str, SaliencyMethod] = {method.name: method for method in (
                    _vanilla),
     SaliencyMethod("smoothgrad", f"vanilla gradients averaged over {SMOOTHGRAD_SAMPLES} noisy copies "
                                  "(Captum NoiseTunnel)", _smoothgrad,
-                   forward_passes=lambda images: images * SMOOTHGRAD_SAMPLES),
+                   forward_passes=lambda images, side: images * SMOOTHGRAD_SAMPLES),
     SaliencyMethod("gradcam", "Grad-CAM on a convolutional layer, upsampled (Captum LayerGradCam)", _gradcam,
                    uses_layer=True),
     SaliencyMethod("integrated_gradients", f"Integrated Gradients from a black image, {IG_STEPS} steps "
                                            "(Captum IntegratedGradients)", _integrated_gradients,
-                   forward_passes=lambda images: images * IG_STEPS),
+                   forward_passes=lambda images, side: images * IG_STEPS),
     SaliencyMethod("occlusion", f"score drop when an {OCCLUSION_WINDOW}x{OCCLUSION_WINDOW} patch is greyed "
                                 "(Captum Occlusion)", _occlusion, forward_passes=_occlusion_passes),
     SaliencyMethod("guided_gradcam", "Grad-CAM times guided backpropagation (Captum GuidedGradCam)",
