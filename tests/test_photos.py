@@ -119,4 +119,3 @@ def test_detection_metrics_are_recorded(photo_client):
     faces_of(photo_client, jpeg(ASTRONAUT))
     text = photo_client.get("/metrics").text
     assert "fer_faces_per_image_bucket" in text and "fer_face_detection_seconds_count" in text
-
