@@ -56,6 +56,16 @@ def check_layer(model: FerModel, layer: str) -> None:
         raise UnknownLayer(f"unknown layer {excerpt(layer, 40)!r}; valid layers: {', '.join(model.explainer.layers)}")
 
 
+def check_saliency_layer(model: FerModel, layer: str) -> None:
+    """Grad-CAM's `layer`: any module of the network (a query parameter, so 422 rather than check_layer's 404)."""
+    try:
+        model.explainer.module(layer)
+    except KeyError:
+        raise InvalidParameter(f"query parameter `layer`: unknown layer {excerpt(layer, 40)!r}: expected a module "
+                               f"of the network such as {model.explainer.default_layer} or "
+                               f"{next(reversed(model.explainer.layers))}") from None
+
+
 def checked_filter_request(model: FerModel, settings: Settings, layer: str, filters: tuple[int, ...], mode: str,
                            steps: int, size: int) -> FilterRequest:
     """A filter-visualisation request checked against the network and the service's limits."""

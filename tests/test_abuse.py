@@ -136,6 +136,7 @@ def test_photos_are_decoded_at_reduced_scale_within_their_pixel_budget(kind, ori
     ("/predict?top_k=" + "9" * 5000, "top_k"),
     ("/filters/conv1?steps=abc", "steps"),
     ("/saliency?method=lime", "method"),
+    ("/saliency?method=gradcam&layer=layer9", "layer"),
 ])
 def test_bad_query_numbers_are_422_naming_the_parameter(client, url, parameter):
     method = client.get if url.startswith("/filters") else client.post

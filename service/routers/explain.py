@@ -24,6 +24,7 @@ from service.parameters import (
     InvalidParameter,
     check_layer,
     check_saliency_cost,
+    check_saliency_layer,
     checked_filter_request,
     filter_views,
     parse_target,
@@ -60,9 +61,9 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
     check_saliency_cost(model, method, len(crops), settings.max_explanation_passes)
     target_index = parse_target(target, model.classes)
     if layer is not None and not METHODS[method].uses_layer:
-        raise HTTPException(422, f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
+        raise InvalidParameter(f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
     if layer is not None:
-        _check_layer(model, layer)
+        check_saliency_layer(model, layer)
     if format == "png" and len(crops):  # refuse an oversized picture before any work
         side = model.explainer.model.image_size
         try:
@@ -111,15 +112,6 @@ def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over
         raise ImageError("no face found in any image: there is no map to draw (see format=json for the reasons)",
                          status=422)
     return png_bytes(grid([heatmap(m) for m in maps], len(maps), scale, max_pixels))
-
-
-def _check_layer(model: FerModel, layer: str) -> None:
-    try:
-        model.explainer.module(layer)
-    except KeyError:
-        raise HTTPException(422, f"query parameter `layer`: unknown layer {excerpt(layer, 40)!r}: expected a module "
-                                 f"of the network such as {model.explainer.default_layer} or "
-                                 f"{next(reversed(model.explainer.layers))}") from None
 
 
 @router.get("/filters", response_model=LayersResponse, responses={503: ERRORS[503]})
