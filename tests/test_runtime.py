@@ -73,6 +73,19 @@ def test_captum_maps_equal_the_plain_formulas(explainer, faces):
     assert float(spearman(smooth.flatten(1), blurred_vanilla.flatten(1)).mean()) > 0.6
 
 
+@pytest.mark.parametrize("method", [name for name, method in METHODS.items() if method.single_pass])
+def test_single_pass_methods_answer_as_with_the_predicted_class_named(explainer, faces, method):
+    """One forward pass gives the map, the probabilities and the predicted class: the same as a separate
+    prediction followed by the method with those classes as its targets."""
+    maps, targets, probabilities = explainer.saliency(faces, method)
+    inputs = explainer.model.preprocess(faces.float()).requires_grad_(True)
+    with torch.no_grad():
+        expected = torch.softmax(explainer.model.net(inputs), 1)
+    assert torch.allclose(probabilities, expected, atol=1e-6) and targets.tolist() == expected.argmax(1).tolist()
+    named = METHODS[method].attribute(explainer, explainer.model.net, inputs, expected.argmax(1), None)
+    assert torch.allclose(maps, normalise(named.detach()), atol=1e-5)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_gives_normalised_maps_and_leaves_weights_without_gradients(explainer, faces, method):
     maps, targets, probabilities = explainer.saliency(faces[:2], method, target=3)

@@ -32,12 +32,20 @@ class Cancelled(RuntimeError):
     """The work was cancelled between two forward passes."""
 
 
+# The network's forward as the methods call it: float inputs to one score per class, or to one score per image.
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class SaliencyMethod:
     name: str
     description: str
-    attribute: Callable[["Explainer", torch.Tensor, torch.Tensor, str], torch.Tensor]
+    # (explainer, forward, inputs, targets or None where `forward` gives one score per image, layer) -> maps
+    attribute: Callable[["Explainer", Forward, torch.Tensor, torch.Tensor | None, str | None], torch.Tensor]
     uses_layer: bool = False  # whether `?layer=` applies
+    # whether the method's one forward pass is of the inputs as they are, so that pass can also give the
+    # probabilities and the predicted class (no separate forward pass first)
+    single_pass: bool = False
     # cost, for admission budgets: forward passes for (images, side of the network's input)
     forward_passes: Callable[[int, int], int] = lambda images, side: images
 
@@ -52,28 +60,28 @@ def _upsampled(explainer: "Explainer", maps: torch.Tensor) -> torch.Tensor:
     return LayerAttribution.interpolate(maps, (size, size), interpolate_mode="bilinear")[:, 0]
 
 
-def _vanilla(explainer, inputs, targets, layer):
-    return _channel_max(Saliency(explainer.model.net).attribute(inputs, target=targets, abs=True))
+def _vanilla(explainer, forward, inputs, targets, layer):
+    return _channel_max(Saliency(forward).attribute(inputs, target=targets, abs=True))
 
 
 SMOOTHGRAD_SAMPLES = 16
 SMOOTHGRAD_NOISE = 0.15  # of each image's value range, as Smilkov et al. (2017) suggest (10-20 %)
 
 
-def _smoothgrad(explainer, inputs, targets, layer):
+def _smoothgrad(explainer, forward, inputs, targets, layer):
     spread = SMOOTHGRAD_NOISE * float(inputs.detach().amax() - inputs.detach().amin())
-    tunnel = NoiseTunnel(Saliency(explainer.model.net))
+    tunnel = NoiseTunnel(Saliency(forward))
     return _channel_max(tunnel.attribute(inputs, nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES,
                                          nt_samples_batch_size=4, stdevs=spread, target=targets, abs=True))
 
 
-def _gradcam(explainer, inputs, targets, layer):
-    cam = LayerGradCam(explainer.model.net, explainer.module(layer)).attribute(inputs, target=targets,
-                                                                             relu_attributions=True)
+def _gradcam(explainer, forward, inputs, targets, layer):
+    cam = LayerGradCam(forward, explainer.module(layer)).attribute(inputs, target=targets, relu_attributions=True)
     return _upsampled(explainer, cam)
 
 
-def _guided_gradcam(explainer, inputs, targets, layer):
+def _guided_gradcam(explainer, forward, inputs, targets, layer):
+    # Guided backpropagation overrides the backward of the network's own ReLU modules: it takes the network.
     guided = GuidedGradCam(explainer.model.net, explainer.module(layer))
     return _channel_max(guided.attribute(inputs, target=targets, interpolate_mode="bilinear"))
 
@@ -81,9 +89,9 @@ def _guided_gradcam(explainer, inputs, targets, layer):
 IG_STEPS = 32
 
 
-def _integrated_gradients(explainer, inputs, targets, layer):
+def _integrated_gradients(explainer, forward, inputs, targets, layer):
     black = explainer.model.preprocess(torch.zeros_like(inputs[:, :1, :1, :1])).expand_as(inputs)
-    method = IntegratedGradients(explainer.model.net)
+    method = IntegratedGradients(forward)
     return _channel_max(method.attribute(inputs, baselines=black, target=targets, n_steps=IG_STEPS,
                                          internal_batch_size=max(len(inputs) * 8, 8)))
 
@@ -91,9 +99,9 @@ def _integrated_gradients(explainer, inputs, targets, layer):
 OCCLUSION_WINDOW, OCCLUSION_STRIDE = 8, 4  # in pixels of the network's input
 
 
-def _occlusion(explainer, inputs, targets, layer):
+def _occlusion(explainer, forward, inputs, targets, layer):
     # Baseline 0 is the mean grey after normalisation; how much the score falls when a patch is hidden.
-    drop = Occlusion(explainer.model.net).attribute(
+    drop = Occlusion(forward).attribute(
         inputs, sliding_window_shapes=(3, OCCLUSION_WINDOW, OCCLUSION_WINDOW),
         strides=(3, OCCLUSION_STRIDE, OCCLUSION_STRIDE), baselines=0.0, target=targets, perturbations_per_eval=16)
     return drop[:, 0].clamp(min=0)
@@ -106,12 +114,12 @@ def _occlusion_passes(images: int, side: int) -> int:
 
 METHODS: dict[str, SaliencyMethod] = {method.name: method for method in (
     SaliencyMethod("vanilla", "|d score / d input|, max over channels (the report's saliency; Captum Saliency)",
-                   _vanilla),
+                   _vanilla, single_pass=True),
     SaliencyMethod("smoothgrad", f"vanilla gradients averaged over {SMOOTHGRAD_SAMPLES} noisy copies "
                                  "(Captum NoiseTunnel)", _smoothgrad,
                    forward_passes=lambda images, side: images * SMOOTHGRAD_SAMPLES),
     SaliencyMethod("gradcam", "Grad-CAM on a convolutional layer, upsampled (Captum LayerGradCam)", _gradcam,
-                   uses_layer=True),
+                   uses_layer=True, single_pass=True),
     SaliencyMethod("integrated_gradients", f"Integrated Gradients from a black image, {IG_STEPS} steps "
                                            "(Captum IntegratedGradients)", _integrated_gradients,
                    forward_passes=lambda images, side: images * IG_STEPS),
@@ -127,6 +135,21 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(1)
     low, high = flat.min(1).values.view(-1, 1, 1), flat.max(1).values.view(-1, 1, 1)
     return (maps - low) / (high - low).clamp(min=1e-12)
+
+
+class _PredictedClassScore:
+    """The network's forward that returns each image's highest score, so a method needs no target, and keeps
+    the scores of every class from its last call: a single-pass method's own forward pass then also gives the
+    probabilities and the predicted class."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.net(inputs)
+        self.logits = logits.detach()
+        return logits.gather(1, self.logits.argmax(1, keepdim=True))[:, 0]
 
 
 class _Reached(Exception):
@@ -172,12 +195,19 @@ class Explainer:
         """
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(METHODS)}")
+        spec = METHODS[method]
         with self._cancellable(cancel):
             inputs = self.model.preprocess(images.to(self.device).float()).requires_grad_(True)
-            with torch.no_grad():
-                probabilities = torch.softmax(self.model.net(inputs), 1)
-            targets = probabilities.argmax(1) if target is None else torch.full_like(probabilities[:, 0], target).long()
-            maps = METHODS[method].attribute(self, inputs, targets, layer)
+            if spec.single_pass and target is None:
+                forward = _PredictedClassScore(self.model.net)
+                maps = spec.attribute(self, forward, inputs, None, layer)
+                probabilities = torch.softmax(forward.logits, 1)
+                targets = probabilities.argmax(1)
+            else:
+                with torch.no_grad():
+                    probabilities = torch.softmax(self.model.net(inputs), 1)
+                targets = probabilities.argmax(1) if target is None else torch.full_like(probabilities[:, 0], target).long()
+                maps = spec.attribute(self, self.model.net, inputs, targets, layer)
         return normalise(maps.detach()).cpu(), targets.cpu(), probabilities.cpu()
 
     def activation(self, network_input: torch.Tensor, layer: str) -> torch.Tensor:
