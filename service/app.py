@@ -1,5 +1,6 @@
 """The app factory: settings in, FastAPI app out; the model is loaded and warmed up at start."""
 
+import asyncio
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = DynamicBatcher(fer_model.predict, settings.max_batch_size, settings.batch_wait_ms / 1000,
                                  settings.queue_limit, metrics)
         batcher.start()
+        app.state.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)  # of this event loop
         explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, app.state.draining)
         app.state.model, app.state.batcher, app.state.explanations = fer_model, batcher, explanations
         info = fer_model.info()
@@ -54,7 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.api_keys = api_keys
     app.state.draining = threading.Event()  # set by the server on SIGTERM: /readyz turns 503 at once
-    app.state.decode_slots = threading.BoundedSemaphore(settings.max_decodes_in_flight)
     for router in (predict.router, explain.router, model.router, health.router, v2.router):
         app.include_router(router)
     add_web_page(app)

@@ -1,6 +1,5 @@
 """FastAPI dependencies: what a route needs, taken from the app's state."""
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,19 +61,19 @@ async def _decode(request: Request, model: FerModel, settings: Settings, faces: 
     started = time.perf_counter()
     files = await read_uploads(request, settings.max_images_per_request)
     try:
-        photos = await run_in_threadpool(preprocess_bounded, model, files, faces, keep_upright,
-                                         request.app.state.decode_slots)
+        photos = await preprocess_bounded(request, model, files, faces, keep_upright)
     except ImageError as error:
         raise HTTPException(error.status, str(error)) from None
     return Uploaded(photos, (time.perf_counter() - started) * 1000)
 
 
-def preprocess_bounded(model: FerModel, files: list[tuple[str, bytes]], faces: str, keep_upright: bool,
-                slots: threading.BoundedSemaphore) -> list[Photo]:
-    """A request's images are decoded one after another, so one slot per request bounds decodes in flight
-    (and the memory of full-size decoded images) to the number of slots."""
-    with slots:
-        return model.preprocess(files, faces, keep_upright)
+async def preprocess_bounded(request: Request, model: FerModel, files: list[tuple[str, bytes]], faces: str,
+                             keep_upright: bool) -> list[Photo]:
+    """A request's images decoded (and their faces found) one after another on a worker thread, so one slot per
+    request bounds decodes in flight (and the memory of full-size decoded images) to the number of slots. A
+    request waits for its slot on the event loop, where waiting holds no thread."""
+    async with request.app.state.decode_slots:
+        return await run_in_threadpool(model.preprocess, files, faces, keep_upright)
 
 
 FacesQuery = Annotated[FacesMode, Query(description=FACES_DESCRIPTION)]

@@ -18,7 +18,6 @@ from typing import get_args
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from schemas.api import ProtocolErrorResponse
 from service import oip
@@ -280,8 +279,7 @@ async def _face_batch(request: Request, model: FerModel, parsed: oip.Request) ->
     files = [(f"images[{i}]", data if tensor.binary else _b64decode(data, i))
              for i, data in enumerate(tensor.data.reshape(-1))]
     try:  # whole images, as the protocol's one row per input asks; decoded like /predict's, within its slots
-        photos = await run_in_threadpool(preprocess_bounded, model, files, "none", False,
-                                         request.app.state.decode_slots)
+        photos = await preprocess_bounded(request, model, files, "none", False)
     except ImageError as error:
         raise ProtocolError(str(error), error.status) from None
     return np.concatenate([photo.crops for photo in photos])
