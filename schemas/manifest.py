@@ -55,6 +55,18 @@ class TrainingConfig(BaseModel):
     tta: TtaMode = "none"
     machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
     parent: "ParentWeights | None" = Field(None, description="The shipped weights this run was fine-tuned from.")
+    averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
+        "Checkpoints of this run whose weights were averaged, uniformly, into the exported ones (`export "
+        "--checkpoint A --checkpoint B`); empty: one checkpoint's weights."))
+
+
+class AveragedCheckpoint(BaseModel):
+    """One of the checkpoints averaged into exported weights."""
+
+    file: str
+    epoch: int = Field(description="1-based, as in the run's history.")
+    weights: Literal["raw", "ema"] = "raw"
+    val_accuracy: float | None = Field(None, description="Of these weights alone, without TTA, in the run.")
 
 
 class ParentWeights(BaseModel):
@@ -70,7 +82,7 @@ class ParentWeights(BaseModel):
     tta: TtaMode | None = None
 
 
-TrainingConfig.model_rebuild()  # its `parent` refers to ParentWeights, defined after it
+TrainingConfig.model_rebuild()  # its `parent` and `averaged` refer to classes defined after it
 
 
 class ClassMetrics(BaseModel):

@@ -80,6 +80,36 @@ def test_export_command_writes_a_verified_directory_with_precomputed_filters(mod
         assert client.get("/filters/conv1?filters=0-3&steps=2").headers["x-cache"] == "miss"
 
 
+def test_export_averages_checkpoints_of_one_run_and_measures_the_average(model_dir, tmp_path, capsys):
+    last = torch.load(model_dir / "checkpoint.pt", weights_only=True)
+    # a second checkpoint of the same run: its last epoch's weight EMA (the last epoch kept the raw weights)
+    ema = {name.removeprefix("module."): tensor for name, tensor in last["ema"].items() if name.startswith("module.")}
+    second = tmp_path / "ema.pt"
+    torch.save({**last, "model": ema, "weights": "ema"}, second)
+    checkpoints = [model_dir / "checkpoint.pt", second]
+    out, shipped = tmp_path / "averaged", tmp_path / "shipped" / "fer.safetensors"
+    assert training_main(["export", *(f"--checkpoint={path}" for path in checkpoints), "--out", str(out),
+                          "--save-weights", str(shipped)]) == 0
+    exported, first = load_file(out / "weights.safetensors"), last["model"]
+    assert not torch.equal(first["net.fc.1.weight"], ema["net.fc.1.weight"])
+    assert all(torch.allclose(exported[name], (first[name].double() + ema[name].double()).div(2).float(), atol=1e-6)
+               for name in exported if exported[name].is_floating_point())
+    manifest = load_manifest(out)
+    assert [(c.file, c.epoch, c.weights) for c in manifest.training.averaged] == [
+        (str(checkpoints[0]), last["epoch"] + 1, last["weights"]), (str(second), last["epoch"] + 1, "ema")]
+    # the average's own figures (not those of the run's best.pt), vouched for by the manifest
+    assert manifest.validation.accuracy == json.loads(_evaluate(out))["accuracy"]
+    assert {"metrics", "confusion_matrix", "confusion_plot"} <= set(manifest.artifacts)
+    assert f"--checkpoint {checkpoints[0]} --checkpoint {second}" in shipped.with_name("fer.md").read_text()
+    # another run's checkpoint is refused by name, with the setting that differs
+    torch.save({**last, "config": {**last["config"], "lr": 1.0}}, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert training_main(["export", f"--checkpoint={checkpoints[0]}", f"--checkpoint={tmp_path / 'other.pt'}",
+                          "--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err
+    assert "other.pt: not a checkpoint of the same run" in error and "config differs: lr" in error
+
+
 def test_corrupt_artifact_is_detected(model_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(model_dir, copy)

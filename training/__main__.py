@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="build a verified model directory (TorchScript, ONNX, weights)")
     source = export.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a checkpoint of `train` (best.pt)")
+    source.add_argument("--checkpoint", type=Path, action="append",
+                        help="a checkpoint of `train` (best.pt); given more than once, checkpoints of one run (e.g. "
+                             "best.pt and the last epoch's checkpoint.pt) are averaged weight by weight and the "
+                             "average is evaluated on --data's validation split")
     source.add_argument("--weights", type=Path, help="shipped fp16 NAME.safetensors, verified against NAME.card.json")
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--data", help="where the parity check takes real images (default: the training data; "

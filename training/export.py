@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from schemas.labels import CLASSES
 from schemas.manifest import (
+    AveragedCheckpoint,
     EvaluationMetrics,
     InputSpec,
     Manifest,
@@ -145,24 +146,73 @@ def _sample_images(source: str, input_size: int) -> torch.Tensor:
     return load_split(source, split, input_size).images[:64]
 
 
-def export_checkpoint(checkpoint: Path, out: Path, data: str | None = None, tta: str | None = None) -> Manifest:
-    """The `export` command: a checkpoint of `train` to verified artifacts in `out`."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = None, tta: str | None = None) -> Manifest:
+    """The `export` command: a checkpoint of `train` to verified artifacts in `out`. Several checkpoints of one run
+    (e.g. its best.pt and the last epoch's checkpoint.pt) are averaged weight by weight, a uniform "model soup"
+    (Wortsman et al. 2022), and the average is evaluated anew on the data's validation split."""
+    states = [torch.load(path, map_location="cpu", weights_only=True) for path in checkpoints]
+    state = states[0]
     config = TrainingConfig(**state["config"])
     # Checkpoints from before the architecture registry hold the report's ResNet18 over FER2013's classes.
     architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
     model = build_model(architecture, config.image_size, len(classes))
-    model.load_state_dict(state["model"])
-    metrics_file = checkpoint.parent / REPORT_FILES["metrics"]
-    validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) if metrics_file.is_file() else None
-    if out.resolve() != checkpoint.parent.resolve():
-        for name in REPORT_FILES.values():
-            if (checkpoint.parent / name).is_file():
+    if len(states) == 1:
+        model.load_state_dict(state["model"])
+    else:
+        model.load_state_dict(average_weights(checkpoints, states))
+        config = config.model_copy(update={"averaged": [
+            AveragedCheckpoint(file=str(path), epoch=other["epoch"] + 1, weights=other.get("weights", "raw"),
+                               val_accuracy=other.get("val_accuracy")) for path, other in zip(checkpoints, states)]})
+    run_dir = checkpoints[0].parent
+    metrics_file = run_dir / REPORT_FILES["metrics"]
+    # The run's own figures are of its best.pt; an average's are measured below.
+    validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) \
+        if metrics_file.is_file() and len(states) == 1 else None
+    measured_here = ("metrics", "confusion_matrix", "confusion_plot") if len(states) > 1 else ()
+    if out.resolve() != run_dir.resolve():
+        for role, name in REPORT_FILES.items():
+            if (run_dir / name).is_file() and role not in measured_here:
                 out.mkdir(parents=True, exist_ok=True)
-                (out / name).write_bytes((checkpoint.parent / name).read_bytes())
+                (out / name).write_bytes((run_dir / name).read_bytes())
     sample = _sample_images(data or config.data, state["input_size"])
-    return export_model(model, out, config, state["input_size"], sample, validation, classes,
-                        tta or (validation.tta if validation else config.tta))
+    manifest = export_model(model, out, config, state["input_size"], sample, validation, classes,
+                            tta or (validation.tta if validation else config.tta))
+    return _evaluate_average(out, manifest, data or config.data) if len(states) > 1 else manifest
+
+
+def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, torch.Tensor]:
+    """The mean of the checkpoints' weights (integer buffers, such as batch-norm's step counts, from the first);
+    only checkpoints of one run (the same training configuration) are averaged."""
+    first = states[0]
+    for path, other in zip(checkpoints[1:], states[1:]):
+        for key in ("config", "architecture", "classes", "input_size"):
+            if other.get(key) != first.get(key):
+                differing = sorted(name for name in first.get(key) or {} if first[key][name] != other[key].get(name)) \
+                    if key == "config" else []
+                raise WeightsError(f"{path}: not a checkpoint of the same run as {checkpoints[0]} (its {key} "
+                                   f"differs{': ' + ', '.join(differing) if differing else ''}); only one run's "
+                                   "checkpoints are averaged")
+    return {name: torch.stack([other["model"][name].double() for other in states]).mean(0).to(tensor.dtype)
+            if tensor.is_floating_point() else tensor for name, tensor in first["model"].items()}
+
+
+def _evaluate_average(out: Path, manifest: Manifest, data: str) -> Manifest:
+    """The averaged weights' validation metrics and confusion matrix, with the recorded TTA, into the directory."""
+    from training.evaluate import evaluate_model_dir
+    from training.plots import plot_confusion
+
+    if not has_split(data, "val"):  # nothing held out to measure the average on
+        return manifest
+    result = evaluate_model_dir(out, data, "val")
+    confusion = result.pop("confusion_matrix")
+    validation = EvaluationMetrics(**{name: value for name, value in result.items() if name in EvaluationMetrics.model_fields})
+    (out / REPORT_FILES["metrics"]).write_text(validation.model_dump_json(indent=2))
+    (out / REPORT_FILES["confusion_matrix"]).write_text(json.dumps(confusion, indent=2))
+    plot_confusion(confusion, out / REPORT_FILES["confusion_plot"], title=f"val ({validation.samples} images)")
+    manifest.validation = validation
+    for role in ("metrics", "confusion_matrix", "confusion_plot"):
+        add_artifact(out, manifest, role, REPORT_FILES[role])  # each rewrites the manifest
+    return manifest
 
 
 # --- shipped weights --------------------------------------------------------------------------------

@@ -42,6 +42,19 @@ def training_command(training: dict) -> str:
         f"--{name.replace('_', '-')} {training[name]}" for name in options if name in training)
 
 
+def export_command(training: dict) -> str:
+    """The export that averaged the run's checkpoints, where it did (with what each scored alone)."""
+    averaged = training.get("averaged") or []
+    if not averaged:
+        return ""
+    alone = ", ".join(f"epoch {c['epoch']} ({c['weights']}" + (f", {c['val_accuracy'] * 100:.2f} % alone without TTA)"
+                                                                if c.get("val_accuracy") is not None else ")")
+                      for c in averaged)
+    checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged)
+    return (f"\n# then the weights of {alone} averaged\npython -m training export {checkpoints} --out MODEL_DIR "
+            "--save-weights NAME.safetensors")
+
+
 def lineage(card: dict) -> str:
     """How the weights came to be: from scratch, from a backbone, or fine-tuned from earlier shipped weights
     (recorded in the training config when each run began; each step's command, oldest first)."""
@@ -61,7 +74,8 @@ def lineage(card: dict) -> str:
         size = step["training"]["image_size"]
         text += (f"\n1. `{step['file']}` (sha256 `{step['sha256'][:16]}…`{replaced}): {step['training']['epochs']} "
                  f"epochs at {size}x{size}, {step['training_seconds'] / 60:.0f} min{accuracy}\n\n"
-                 f"   ```bash\n   {training_command(step['training'])}\n   ```\n")
+                 f"   ```bash\n   {training_command(step['training'])}"
+                 f"{export_command(step['training']).replace(chr(10), chr(10) + '   ')}\n   ```\n")
     return text + "\n1. this file, fine-tuned from the last of them with the command below.\n"
 
 
@@ -92,7 +106,7 @@ ResNet18 (`{card['architecture']}` in the architecture registry: torchvision Res
 Command (from the repository root):
 
 ```bash
-{training_command(training)}
+{training_command(training)}{export_command(training)}
 ```
 
 ## Accuracy on {evaluation['data']} {evaluation['split']} ({evaluation['samples']} faces)
