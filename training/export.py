@@ -169,6 +169,8 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) \
         if metrics_file.is_file() and len(states) == 1 else None
     measured_here = ("metrics", "confusion_matrix", "confusion_plot") if len(states) > 1 else ()
+    for role in measured_here:  # an earlier export's figures in `out` are not the average's
+        (out / REPORT_FILES[role]).unlink(missing_ok=True)
     if out.resolve() != run_dir.resolve():
         for role, name in REPORT_FILES.items():
             if (run_dir / name).is_file() and role not in measured_here:
@@ -205,7 +207,8 @@ def _evaluate_average(out: Path, manifest: Manifest, data: str) -> Manifest:
         return manifest
     result = evaluate_model_dir(out, data, "val")
     confusion = result.pop("confusion_matrix")
-    validation = EvaluationMetrics(**{name: value for name, value in result.items() if name in EvaluationMetrics.model_fields})
+    validation = EvaluationMetrics(**{name: value for name, value in result.items()
+                                      if name in EvaluationMetrics.model_fields})
     (out / REPORT_FILES["metrics"]).write_text(validation.model_dump_json(indent=2))
     (out / REPORT_FILES["confusion_matrix"]).write_text(json.dumps(confusion, indent=2))
     plot_confusion(confusion, out / REPORT_FILES["confusion_plot"], title=f"val ({validation.samples} images)")

@@ -206,7 +206,8 @@ class Explainer:
             else:
                 with torch.no_grad():
                     probabilities = torch.softmax(self.model.net(inputs), 1)
-                targets = probabilities.argmax(1) if target is None else torch.full_like(probabilities[:, 0], target).long()
+                targets = probabilities.argmax(1) if target is None \
+                    else torch.full_like(probabilities[:, 0], target).long()
                 maps = spec.attribute(self, self.model.net, inputs, targets, layer)
         return normalise(maps.detach()).cpu(), targets.cpu(), probabilities.cpu()
 
