@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     max_filter_steps: int = Field(512, ge=1)
     filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
-    max_decodes_in_flight: int = Field(4, ge=1, description="Images decoded at once (bounds decoding memory).")
+    max_decodes_in_flight: int = Field(4, ge=1, description=(
+        "Requests whose images are decoded at once on worker threads (bounds decoding memory); small face crops "
+        "sent with faces=none are decoded on the event loop."))
     header_timeout_s: float = Field(10.0, gt=0, description="Time a connection has to send a request's headers.")
     body_timeout_s: float = Field(60.0, gt=0, description="Time a request has to send its body, after its headers.")
     max_connections: int = Field(1000, ge=1, description="Open connections; lowered to fit the descriptor limit.")

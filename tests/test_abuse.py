@@ -15,7 +15,7 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.imaging import decode_image, decode_photo
+from service.imaging import decode_image, decode_photo, pixels_declared
 from service.server import DrainingServer
 
 from .conftest import make_client
@@ -49,7 +49,7 @@ def hostile() -> dict[str, bytes]:
 
 # --- images ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("endpoint", ["/predict", "/saliency?format=json"])
+@pytest.mark.parametrize("endpoint", ["/predict", "/predict?faces=none", "/saliency?format=json"])
 def test_hostile_images_get_200_or_4xx_never_5xx(client, hostile, endpoint):
     def send(item):
         name, data = item
@@ -96,6 +96,27 @@ def test_multi_frame_images_use_their_first_frame(client):
     assert probabilities(client, tiff) == pytest.approx(expected, abs=1e-4)
     for name in ("frames.gif", "frames.webp", "frames.png"):
         assert client.post("/predict", files=upload(multi_frame()[name], name)).status_code == 200
+
+
+def test_small_face_crops_are_decoded_on_the_event_loop_and_larger_images_on_threads(client, monkeypatch):
+    import service.deps
+
+    handed, to_thread = [], service.deps.run_in_threadpool
+
+    async def counted(function, *args):
+        handed.append(function)
+        return await to_thread(function, *args)
+
+    monkeypatch.setattr(service.deps, "run_in_threadpool", counted)
+    crop = face_bytes("happy", seed=0)
+    assert pixels_declared(crop) == 48 * 48 and pixels_declared(b"not an image") is None
+    assert client.post("/predict?faces=none", files=upload(crop)).status_code == 200
+    assert handed == []  # its header said 48x48: decoded where the request was read
+    large = io.BytesIO()
+    Image.new("L", (600, 600), 128).save(large, format="PNG")  # a few hundred bytes, 360,000 pixels
+    assert client.post("/predict?faces=none", files=upload(large.getvalue())).status_code == 200
+    assert client.post("/predict", files=upload(crop)).status_code == 200  # faces=auto: the detector runs
+    assert len(handed) == 2
 
 
 def test_large_jpeg_is_decoded_at_reduced_size_close_to_a_full_decode():
