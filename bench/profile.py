@@ -3,8 +3,9 @@ the real server's time goes under load.
 
 Starts the server (uvicorn, as `python -m service`, `FER_TTA=none`: one forward pass per image), warms it up,
 then drives it with `bench.load` from another process while py-spy samples its Python stacks (`pip install
-py-spy`; threads that wait are not sampled, so the shares are of busy time). Prints the functions that hold the most samples themselves (time in C code called from Python, such
-as a forward pass, counts for the Python function that called it) and the request path's own functions
+py-spy`; threads that wait are not sampled, so the shares are of busy time). Prints the functions that hold the
+most samples themselves (time in C code called from Python, such as a forward pass, counts for the Python
+function that called it) and the request path's own functions
 inclusive of what they call. `--before`: the same for the server of another checkout (e.g. a `git worktree` of
 an older revision) serving its own export of the same weights, in the same run.
 """
@@ -20,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.serve import ROOT, free_port, load, start_server
+from bench.serve import ROOT, load, serving
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
@@ -65,23 +66,17 @@ def py_spy() -> str:
 
 
 def profile(name: str, root: Path, model: Path, args) -> None:
-    port = free_port()
-    server = start_server(model, port, {"FER_TTA": "none"}, root=root)
-    url = f"http://127.0.0.1:{port}/predict?faces=none"
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, serving(model, {"FER_TTA": "none"}, root=root) as (url, server):
         raw = Path(scratch) / "profile.txt"
-        try:
-            load(url, 2.0, images=args.images, concurrency=args.concurrency, warmup=0)  # warm-up, not sampled
-            spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.pid), "--format", "raw", "--output",
-                                    str(raw), "--duration", str(math.ceil(args.duration)), "--rate", "200",
-                                    "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            result = load(url, args.duration, images=args.images, concurrency=args.concurrency, warmup=0)
-            _, errors = spy.communicate(timeout=60)
-            if spy.returncode != 0:
-                raise SystemExit(f"py-spy failed: {errors.strip()}")
-        finally:
-            server.terminate()
-            server.wait(60)
+        url = f"{url}/predict?faces=none"
+        load(url, 2.0, images=args.images, concurrency=args.concurrency, warmup=0)  # warm-up, not sampled
+        spy = subprocess.Popen([py_spy(), "record", "--pid", str(server.pid), "--format", "raw", "--output",
+                                str(raw), "--duration", str(math.ceil(args.duration)), "--rate", "200",
+                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = load(url, args.duration, images=args.images, concurrency=args.concurrency, warmup=0)
+        _, errors = spy.communicate(timeout=60)
+        if spy.returncode != 0:
+            raise SystemExit(f"py-spy failed: {errors.strip()}")
         print(f"{name}: {args.images} image(s)/request, c={args.concurrency}: {result['images_per_s']} img/s, "
               f"p99 {result['p99_ms']} ms")
         summarise(raw, args.top, args.own)

@@ -11,17 +11,14 @@ from pathlib import Path
 
 import httpx
 
-from bench.serve import ROOT, free_port, load, print_row, start_server
+from bench.serve import ROOT, load, print_row, serving
 
 IMAGES, CONCURRENCY = 8, 4
 
 
 def measure(name: str, root: Path, model: Path, duration: float, methods: list[str] | None) -> dict[str, dict]:
-    port = free_port()
-    server = start_server(model, port, {"FER_MAX_IMAGES_PER_REQUEST": str(IMAGES),
-                                        "FER_MAX_EXPLANATION_PASSES": str(10 ** 9)}, root=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    env = {"FER_MAX_IMAGES_PER_REQUEST": str(IMAGES), "FER_MAX_EXPLANATION_PASSES": str(10 ** 9)}
+    with serving(model, env, root=root) as (url, _):
         if methods is None:
             methods = [method["name"] for method in httpx.get(f"{url}/explanations").json()["methods"]]
         rows = {}
@@ -32,9 +29,6 @@ def measure(name: str, root: Path, model: Path, duration: float, methods: list[s
                                    images=IMAGES, concurrency=CONCURRENCY)}
             print_row(rows[method])
         return rows
-    finally:
-        server.terminate()
-        server.wait(60)
 
 
 def main() -> None:

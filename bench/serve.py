@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,19 @@ def start_server(model: Path, port: int, env: dict, module: str = "service", roo
     raise SystemExit("the server did not become ready in 180 s")
 
 
+@contextmanager
+def serving(model: Path, env: dict, module: str = "service",
+            root: Path = ROOT) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A ready server (`start_server` on a free port) as its base URL and process, stopped on leaving."""
+    port = free_port()
+    server = start_server(model, port, env, module, root)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
 def load(url: str, duration: float, **options) -> dict:
     command = [sys.executable, "-m", "bench.load", "--url", url, "--duration", str(duration)]
     for key, value in options.items():
@@ -67,7 +82,8 @@ def main() -> None:
                                                                     "(default 256 on CUDA, 64 on the CPU)")
     parser.add_argument("--backend", default="torchscript")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                        help="FER_PRECISION of this service (int8: the ONNX int8 artifact, with --backend onnx or auto)")
+                        help="FER_PRECISION of this service (int8: the ONNX int8 artifact, with --backend onnx "
+                             "or auto)")
     parser.add_argument("--compare", action="store_true",
                         help="side by side with the plain FastAPI baseline (bench/baseline.py), fp32, no TTA")
     args = parser.parse_args()
@@ -81,11 +97,8 @@ def main() -> None:
                       "max batch = 1": {"FER_MAX_BATCH_SIZE": "1", "FER_BATCH_WAIT_MS": "0"}}
     rows = []
     for name, env in configurations.items():
-        port = free_port()
-        server = start_server(args.model, port, {**env, "FER_BACKEND": args.backend, "FER_PRECISION": args.precision,
-                                                 "FER_MAX_IMAGES_PER_REQUEST": str(max(*args.images, SALIENCY_IMAGES))})
-        try:
-            url = f"http://127.0.0.1:{port}"
+        with serving(args.model, {**env, "FER_BACKEND": args.backend, "FER_PRECISION": args.precision,
+                                  "FER_MAX_IMAGES_PER_REQUEST": str(max(*args.images, SALIENCY_IMAGES))}) as (url, _):
             for images in args.images:
                 for concurrency in args.concurrency:
                     rows.append({"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
@@ -101,9 +114,6 @@ def main() -> None:
                                  **load(f"{url}/saliency?method={method}&format=png&faces=none", args.duration, images=SALIENCY_IMAGES,
                                         concurrency=4)})
                     print_row(rows[-1])
-        finally:
-            server.terminate()
-            server.wait(60)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"serve-{'cuda' if cuda else 'cpu'}.json"
@@ -125,18 +135,12 @@ def compare(args) -> None:
                                             "FER_TTA": "none"})}
     results = {}
     for name, (module, env) in servers.items():
-        port = free_port()
-        server = start_server(args.model, port, env, module)
-        try:
+        with serving(args.model, env, module) as (url, _):
             for images, concurrency in COMPARE_SHAPES:
                 row = {"server": name, "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
-                       **load(f"http://127.0.0.1:{port}/predict?faces=none", args.duration, images=images,
-                              concurrency=concurrency)}
+                       **load(f"{url}/predict?faces=none", args.duration, images=images, concurrency=concurrency)}
                 results[name, images] = row
                 print_row(row)
-        finally:
-            server.terminate()
-            server.wait(60)
     for images, concurrency in COMPARE_SHAPES:
         ratio = results["this service", images]["images_per_s"] / results["plain FastAPI", images]["images_per_s"]
         print(f"{images} image(s)/request at c={concurrency}: this service / plain FastAPI = {ratio:.2f}x")
