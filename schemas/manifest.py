@@ -45,6 +45,9 @@ class TrainingConfig(BaseModel):
     label_smoothing: float
     mixup: float = Field(0.0, description="Beta(alpha, alpha) of mixup; 0 = off.")
     cutmix: float = Field(0.0, description="Beta(alpha, alpha) of CutMix; 0 = off.")
+    consistency: float = Field(0.0, description=(
+        "Weight of the Jensen-Shannon consistency loss between each face and the same face re-framed (scale, shift, "
+        "turn, blur); 0 = off."))
     ema_decay: float = Field(0.0, description="Decay of the weight EMA that is evaluated and exported; 0 = off.")
     weights: str
     seed: int

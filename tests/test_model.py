@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from training.augment import augment, random_erasing
+from training.augment import augment, gaussian_blur, random_erasing, reframe
 from service.runtime.architectures import build_model, resnet18
 from training.train import resolve_weights
 
@@ -84,3 +84,32 @@ def test_random_erasing_erases_only_when_drawn():
     changed = (erased != 7.0).flatten(1).any(1)
     assert changed.float().mean() > 0.9
     assert torch.equal(random_erasing(pixels, probability=0.0), pixels)
+
+
+def test_reframe_moves_and_blurs_each_face_and_nothing_when_asked_for_nothing():
+    pixels = torch.rand(16, 1, 48, 48) * 255
+    out = reframe(pixels, torch.Generator().manual_seed(0))
+    assert out.shape == pixels.shape and not torch.allclose(out, pixels)
+    assert 0 <= float(out.min()) and float(out.max()) <= 255
+    still = reframe(pixels, scale_range=(1.0, 1.0), max_shift=0.0, max_rotation=0.0, max_blur=0.0)
+    assert torch.allclose(still, pixels, atol=1e-3)
+
+
+def test_gaussian_blur_is_per_image_and_keeps_flat_images_flat():
+    flat = torch.full((2, 1, 16, 16), 100.0)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.5, 1.0])), flat)
+    noise = torch.rand(2, 1, 32, 32) * 255
+    blurred = gaussian_blur(noise, torch.tensor([0.0, 1.0]))
+    assert torch.allclose(blurred[0], noise[0])  # sigma 0: untouched
+    assert blurred[1].std() < 0.6 * noise[1].std()
+
+
+def test_jensen_shannon_consistency_is_zero_only_for_equal_predictions():
+    from training.train import jensen_shannon
+
+    logits = torch.randn(8, 7)
+    assert float(jensen_shannon(logits, logits.clone())) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(8, 7)
+    divergence = float(jensen_shannon(logits, other))
+    assert 0 < divergence <= math.log(2) + 1e-6  # bounded by log 2 for two distributions
+    assert divergence == pytest.approx(float(jensen_shannon(other, logits)), rel=1e-5)

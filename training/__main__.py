@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-smoothing", type=float, default=0.1)
     train.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta alpha (e.g. 0.2); 0 = off")
     train.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (e.g. 1.0); 0 = off")
+    train.add_argument("--consistency", type=float, default=0.0,
+                       help="weight of a Jensen-Shannon consistency loss between each face and the same face "
+                            "re-framed as a face detector hands it over (AugMix uses 12); 0 = off. Costs a second "
+                            "forward and backward pass per face")
     train.add_argument("--ema-decay", type=float, default=0.998,
                        help="per-step decay of the weight EMA that is evaluated and exported; 0 = off")
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",

@@ -37,7 +37,7 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
 
 def training_command(training: dict) -> str:
     options = ["data", "architecture", "epochs", "image_size", "batch_size", "optimizer", "lr", "weight_decay",
-               "label_smoothing", "mixup", "cutmix", "ema_decay", "weights", "seed", "precision", "tta"]
+               "label_smoothing", "mixup", "cutmix", "consistency", "ema_decay", "weights", "seed", "precision", "tta"]
     return "python -m training train --out RUN_DIR " + " ".join(
         f"--{name.replace('_', '-')} {training[name]}" for name in options if name in training)
 

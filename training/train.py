@@ -26,7 +26,7 @@ from schemas.manifest import ParentWeights, TrainingConfig
 from service.runtime.architectures import FerNet, build_model
 from service.runtime.tta import predict_with_tta
 from training import data as data_module
-from training.augment import augment
+from training.augment import augment, reframe
 from training.export import WeightsError, export_model, load_shipped_weights
 from training.metrics import confusion_json, confusion_matrix, summarize
 from training.plots import plot_confusion, plot_history
@@ -149,6 +149,14 @@ def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, args: argparse.Namespa
     return mixed, labels[order], 1 - cut_h * cut_w / (height * width)
 
 
+def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
+    """AugMix's consistency loss (Hendrycks et al. 2020): the mean KL divergence of each view's predicted
+    distribution from their mixture, in fp32."""
+    probabilities = [F.softmax(view.float(), dim=1) for view in logits]
+    mixture = torch.stack(probabilities).mean(0).clamp(1e-7, 1).log()
+    return sum(F.kl_div(mixture, view, reduction="batchmean") for view in probabilities) / len(probabilities)
+
+
 def ema_average(decay: float):
     """The EMA update with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that a short run is
     not averaged mostly with its random initial weights (as TensorFlow's ExponentialMovingAverage does)."""
@@ -177,11 +185,17 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
     for step, index in enumerate(progress):
         pixels = augment(images[index].unsqueeze(1).float(), device_generator)
         pixels, partner_labels, lam = mix_batch(pixels, labels[index], args, mix_generator)
+        if args.consistency > 0:  # the same faces re-framed, in the same batch
+            pixels = torch.cat([pixels, reframe(pixels, device_generator)])
         with autocast(images.device, args.precision):
             logits = model(pixels.contiguous(memory_format=memory_format))
+            if args.consistency > 0:
+                logits, reframed_logits = logits.chunk(2)
             loss = lam * F.cross_entropy(logits, labels[index], label_smoothing=args.label_smoothing)
             if lam < 1:
                 loss = loss + (1 - lam) * F.cross_entropy(logits, partner_labels, label_smoothing=args.label_smoothing)
+            if args.consistency > 0:
+                loss = loss + args.consistency * jensen_shannon(logits, reframed_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -254,7 +268,8 @@ def training_config(args: argparse.Namespace, device: torch.device, world_size: 
                           image_size=args.image_size,
                           batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
-                          cutmix=args.cutmix, ema_decay=args.ema_decay, weights=args.weights, seed=args.seed,
+                          cutmix=args.cutmix, consistency=args.consistency, ema_decay=args.ema_decay,
+                          weights=args.weights, seed=args.seed,
                           device=device.type, world_size=world_size, precision=args.precision,
                           channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device),
                           parent=parent)
