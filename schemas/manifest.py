@@ -61,6 +61,9 @@ class TrainingConfig(BaseModel):
     averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
         "Checkpoints of this run whose weights were averaged, uniformly, into the exported ones (`export "
         "--checkpoint A --checkpoint B`); empty: one checkpoint's weights."))
+    parent_weight: float = Field(0.0, ge=0, le=1, description=(
+        "Share of the parent's weights (`parent`) in the exported ones: (1 - w) x this run's + w x the parent's, "
+        "weight by weight (WiSE-FT, `export --parent-weight w`); 0 = this run's alone."))
 
 
 class AveragedCheckpoint(BaseModel):

@@ -293,6 +293,44 @@ def test_training_fine_tunes_shipped_weights_at_a_larger_side(shipped, tmp_path,
     assert not (tmp_path / "other").exists()  # refused before the data is read or anything is written
 
 
+def test_export_interpolates_a_fine_tuned_run_with_its_parent_weights(shipped, model_dir, tmp_path, capsys):
+    parent = tmp_path / "parent" / "fer.safetensors"  # a copy, as a run's parent is kept
+    parent.parent.mkdir()
+    for file in (shipped, shipped.with_name("fer.card.json")):
+        shutil.copy(file, parent.parent / file.name)
+    run = tmp_path / "tuned"
+    assert training_main(["train", "--out", str(run), "--weights", str(parent), "--data", "synthetic:700", "--epochs",
+                          "1", "--image-size", "32", "--batch-size", "64", "--lr", "1e-3"]) == 0
+    out, again = tmp_path / "wise", tmp_path / "shipped" / "wise.safetensors"
+    assert training_main(["export", "--checkpoint", str(run / "best.pt"), "--parent-weight", "0.5", "--out", str(out),
+                          "--save-weights", str(again)]) == 0
+    tuned, start, mixed = (torch.load(run / "best.pt", weights_only=True)["model"], load_file(parent),
+                           load_file(out / "weights.safetensors"))
+    assert not torch.equal(tuned["net.fc.1.weight"], start["net.fc.1.weight"].float())
+    assert all(torch.allclose(mixed[name], (tuned[name].double() + start[name].double()).div(2).float(), atol=1e-6)
+               for name in mixed if mixed[name].is_floating_point())
+    manifest = load_manifest(out)
+    assert manifest.training.parent_weight == 0.5
+    capsys.readouterr()
+    assert training_main(["evaluate", "--model", str(out), "--data", "synthetic:700"]) == 0
+    assert manifest.validation.accuracy == json.loads(capsys.readouterr().out)["accuracy"]  # of the mixed weights
+    assert f"--checkpoint RUN_DIR/best.pt --parent-weight 0.5" in again.with_name("wise.md").read_text()
+    # a run trained from scratch has no parent; a parent replaced in place since the run is not the parent
+    assert training_main(["export", "--checkpoint", str(model_dir / "best.pt"), "--parent-weight", "0.5", "--out",
+                          str(tmp_path / "orphan")]) == 2
+    assert "has no parent to interpolate with" in capsys.readouterr().err
+    assert training_main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(tmp_path / "replaced"),
+                          "--save-weights", str(parent)]) == 0
+    capsys.readouterr()
+    assert training_main(["export", "--checkpoint", str(run / "best.pt"), "--parent-weight", "0.5", "--out",
+                          str(tmp_path / "stale")]) == 2
+    assert "the file was replaced since" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training_main(["export", "--checkpoint", str(run / "best.pt"), "--parent-weight", "1.5", "--out",
+                       str(tmp_path / "bad")])
+    assert "--parent-weight 1.5" in capsys.readouterr().err
+
+
 def test_too_small_a_data_set_is_a_clear_error(tmp_path, capsys):
     faces = load_split("synthetic:14", "train")
     rows = ["label,feature"] + [f"{label},{' '.join(map(str, image.flatten().tolist()))}"

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="where the parity check takes real images (default: the training data; "
                                        "synthetic faces for --weights)")
     export.add_argument("--tta", choices=["none", "flip", "crops"], help="override the recorded TTA (--checkpoint)")
+    export.add_argument("--parent-weight", type=float, default=0.0, metavar="W",
+                        help="interpolate the checkpoints' weights with the shipped weights their run was fine-tuned "
+                             "from: (1 - W) x the run's + W x the parent's (WiSE-FT, e.g. 0.5; --checkpoint only)")
     export.add_argument("--explanations", type=int, metavar="N", default=0,
                         help="measure every saliency method's faithfulness on N validation faces (--data)")
     export.add_argument("--int8", action="store_true",
@@ -90,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "export" and args.parent_weight:
+        if not 0 < args.parent_weight <= 1:
+            parser.error(f"--parent-weight {args.parent_weight}: a share of the parent's weights, in (0, 1]")
+        if args.weights:
+            parser.error("--parent-weight interpolates a run's checkpoints with their parent: use it with --checkpoint")
     try:
         if args.command == "train":
             from training.train import train
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.weights:
                 manifest = export_weights(args.weights, args.out, args.data)
             else:
-                manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta)
+                manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta, args.parent_weight)
             print(f"exported model {manifest.version} to {args.out}")
             if args.int8:
                 from training.quantize import quantize_model_dir

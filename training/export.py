@@ -146,30 +146,36 @@ def _sample_images(source: str, input_size: int) -> torch.Tensor:
     return load_split(source, split, input_size).images[:64]
 
 
-def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = None, tta: str | None = None) -> Manifest:
+def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = None, tta: str | None = None,
+                      parent_weight: float = 0.0) -> Manifest:
     """The `export` command: a checkpoint of `train` to verified artifacts in `out`. Several checkpoints of one run
     (e.g. its best.pt and the last epoch's checkpoint.pt) are averaged weight by weight, a uniform "model soup"
-    (Wortsman et al. 2022), and the average is evaluated anew on the data's validation split."""
+    (Wortsman et al. 2022). With `parent_weight` w > 0 the result is interpolated with the shipped weights the run
+    was fine-tuned from, (1 - w) x the run's + w x the parent's (WiSE-FT, Wortsman et al. 2022: it keeps what the
+    fine-tuning gained and much of what it lost). Mixed weights are evaluated anew on the data's validation split."""
     states = [torch.load(path, map_location="cpu", weights_only=True) for path in checkpoints]
     state = states[0]
     config = TrainingConfig(**state["config"])
     # Checkpoints from before the architecture registry hold the report's ResNet18 over FER2013's classes.
     architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
     model = build_model(architecture, config.image_size, len(classes))
-    if len(states) == 1:
-        model.load_state_dict(state["model"])
-    else:
-        model.load_state_dict(average_weights(checkpoints, states))
+    weights = state["model"] if len(states) == 1 else average_weights(checkpoints, states)
+    if len(states) > 1:
         config = config.model_copy(update={"averaged": [
             AveragedCheckpoint(file=str(path), epoch=other["epoch"] + 1, weights=other.get("weights", "raw"),
                                val_accuracy=other.get("val_accuracy")) for path, other in zip(checkpoints, states)]})
+    if parent_weight > 0:
+        weights = interpolate_with_parent(weights, config, parent_weight, checkpoints[0])
+        config = config.model_copy(update={"parent_weight": parent_weight})
+    model.load_state_dict(weights)
+    mixed = len(states) > 1 or parent_weight > 0
     run_dir = checkpoints[0].parent
     metrics_file = run_dir / REPORT_FILES["metrics"]
-    # The run's own figures are of its best.pt; an average's are measured below.
+    # The run's own figures are of its best.pt; mixed weights' are measured below.
     validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) \
-        if metrics_file.is_file() and len(states) == 1 else None
-    measured_here = ("metrics", "confusion_matrix", "confusion_plot") if len(states) > 1 else ()
-    for role in measured_here:  # an earlier export's figures in `out` are not the average's
+        if metrics_file.is_file() and not mixed else None
+    measured_here = ("metrics", "confusion_matrix", "confusion_plot") if mixed else ()
+    for role in measured_here:  # an earlier export's figures in `out` are not the mixed weights'
         (out / REPORT_FILES[role]).unlink(missing_ok=True)
     if out.resolve() != run_dir.resolve():
         for role, name in REPORT_FILES.items():
@@ -179,7 +185,7 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     sample = _sample_images(data or config.data, state["input_size"])
     manifest = export_model(model, out, config, state["input_size"], sample, validation, classes,
                             tta or (validation.tta if validation else config.tta))
-    return _evaluate_average(out, manifest, data or config.data) if len(states) > 1 else manifest
+    return _evaluate_mixed(out, manifest, data or config.data) if mixed else manifest
 
 
 def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, torch.Tensor]:
@@ -198,8 +204,27 @@ def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, to
             if tensor.is_floating_point() else tensor for name, tensor in first["model"].items()}
 
 
-def _evaluate_average(out: Path, manifest: Manifest, data: str) -> Manifest:
-    """The averaged weights' validation metrics and confusion matrix, with the recorded TTA, into the directory."""
+def interpolate_with_parent(weights: dict[str, torch.Tensor], config: TrainingConfig, parent_weight: float,
+                            checkpoint: Path) -> dict[str, torch.Tensor]:
+    """(1 - w) x `weights` + w x the weights the run was fine-tuned from, which must still be the file the run
+    recorded (its sha256); integer buffers stay the run's."""
+    if config.parent is None:
+        raise WeightsError(f"{checkpoint}: its run was not fine-tuned from shipped weights (--weights "
+                           f"{config.weights}), so it has no parent to interpolate with (--parent-weight)")
+    parent_file = Path(config.weights)  # where the run read its parent (the card names only the file)
+    parent, card = load_shipped_weights(parent_file)
+    if card["sha256"] != config.parent.sha256:
+        raise WeightsError(f"{parent_file}: sha256 {card['sha256'][:16]}... is not the {config.parent.sha256[:16]}... "
+                           f"the run of {checkpoint} was fine-tuned from (the file was replaced since); point "
+                           "the run at a copy of those weights")
+    parent_state = parent.state_dict()
+    return {name: ((1 - parent_weight) * tensor.double() + parent_weight * parent_state[name].double()).to(tensor.dtype)
+            if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+
+
+def _evaluate_mixed(out: Path, manifest: Manifest, data: str) -> Manifest:
+    """Averaged or interpolated weights' validation metrics and confusion matrix, with the recorded TTA, into the
+    directory."""
     from training.evaluate import evaluate_model_dir
     from training.plots import plot_confusion
 

@@ -43,15 +43,22 @@ def training_command(training: dict) -> str:
 
 
 def export_command(training: dict) -> str:
-    """The export that averaged the run's checkpoints, where it did (with what each scored alone)."""
-    averaged = training.get("averaged") or []
-    if not averaged:
+    """The export that mixed the run's weights, where it did: its checkpoints averaged (with what each scored
+    alone), interpolated with its parent's weights, or both."""
+    averaged, share = training.get("averaged") or [], training.get("parent_weight") or 0
+    if not averaged and not share:
         return ""
-    alone = ", ".join(f"epoch {c['epoch']} ({c['weights']}" + (f", {c['val_accuracy'] * 100:.2f} % alone without TTA)"
-                                                                if c.get("val_accuracy") is not None else ")")
-                      for c in averaged)
-    checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged)
-    return (f"\n# then the weights of {alone} averaged\npython -m training export {checkpoints} --out MODEL_DIR "
+    steps = []
+    if averaged:
+        steps.append("the weights of " + ", ".join(
+            f"epoch {c['epoch']} ({c['weights']}" + (f", {c['val_accuracy'] * 100:.2f} % alone without TTA)"
+                                                    if c.get("val_accuracy") is not None else ")")
+            for c in averaged) + " averaged")
+    if share:
+        steps.append(f"{share:g} of the parent's weights mixed in (WiSE-FT)")
+    checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged) or "--checkpoint RUN_DIR/best.pt"
+    option = f" --parent-weight {share:g}" if share else ""
+    return (f"\n# then {'; then '.join(steps)}\npython -m training export {checkpoints}{option} --out MODEL_DIR "
             "--save-weights NAME.safetensors")
 
 
