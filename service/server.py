@@ -33,9 +33,13 @@ logger = logging.getLogger("service")
 # Descriptors kept for the process itself: model files, spooled uploads, logs, and what loading the model opens
 # after the cap is computed (both backends measured by FER_BACKEND=auto, the face detector, worker threads).
 DESCRIPTOR_RESERVE = 96
-# The listen queue, and so the most connections asyncio accepts in one go before the protocol sees any of them:
-# the descriptor budget has to hold that burst on top of the cap.
-ACCEPT_BACKLOG = 64
+# The listen queue, and so the most connections asyncio accepts in one loop turn.
+ACCEPT_BACKLOG = 32
+# Descriptors accepted connections hold before the cap can close any: the connection that takes one past the
+# cap is accepted in one turn of the event loop, gets its transport in the next, closes an older connection in
+# `connection_made` in the third and that socket is closed in the fourth; each of those turns may accept a full
+# backlog more. The budget holds them on top of the cap.
+ACCEPT_IN_FLIGHT = 4 * ACCEPT_BACKLOG
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
            b"connection: close\r\ncontent-length: 46\r\n\r\n{\"detail\": \"too many connections, retry later\"}")
 HEADER_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -121,7 +125,7 @@ def connection_cap(wanted: int) -> int:
     already has open plus a reserve. Raises the soft limit towards the hard one first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     open_now = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
-    needed = wanted + open_now + DESCRIPTOR_RESERVE + ACCEPT_BACKLOG
+    needed = wanted + open_now + DESCRIPTOR_RESERVE + ACCEPT_IN_FLIGHT
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         try:
@@ -131,7 +135,7 @@ def connection_cap(wanted: int) -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return wanted
-    cap = max(1, min(wanted, soft - open_now - DESCRIPTOR_RESERVE - ACCEPT_BACKLOG))
+    cap = max(1, min(wanted, soft - open_now - DESCRIPTOR_RESERVE - ACCEPT_IN_FLIGHT))
     if cap < wanted:
         logger.warning("at most %d connections (FER_MAX_CONNECTIONS=%d does not fit the descriptor limit of %d)",
                        cap, wanted, soft)
