@@ -362,13 +362,16 @@ def test_precision_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path):
     assert (training.precision, training.channels_last) == ("bf16", True)
 
 
-def test_consistency_training_records_its_weight_and_resumes_only_with_it(tmp_path):
+def test_consistency_training_records_its_weight_and_resumes_only_with_it(tmp_path, capsys):
     command = ["train", "--out", str(tmp_path), "--data", "synthetic:140", "--epochs", "1", "--image-size", "32",
                "--batch-size", "32", "--consistency", "12"]
     assert training_main(command) == 0
     assert load_manifest(tmp_path).training.consistency == 12
     with pytest.raises(SystemExit, match="--consistency 12.0 in the checkpoint, 0.0 now"):
         training_main(command[:-2] + ["--resume"])
+    with pytest.raises(SystemExit):
+        training_main(command[:-1] + ["-1"])
+    assert "--consistency -1.0: the weight of a loss" in capsys.readouterr().err
 
 
 def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_weights():

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and args.consistency < 0:
+        parser.error(f"--consistency {args.consistency}: the weight of a loss, 0 (off) or more")
     if args.command == "export" and args.parent_weight:
         if not 0 < args.parent_weight <= 1:
             parser.error(f"--parent-weight {args.parent_weight}: a share of the parent's weights, in (0, 1]")
