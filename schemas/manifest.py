@@ -45,7 +45,7 @@ class TrainingConfig(BaseModel):
     label_smoothing: float
     mixup: float = Field(0.0, description="Beta(alpha, alpha) of mixup; 0 = off.")
     cutmix: float = Field(0.0, description="Beta(alpha, alpha) of CutMix; 0 = off.")
-    consistency: float = Field(0.0, description=(
+    consistency: float = Field(0.0, ge=0, description=(
         "Weight of the Jensen-Shannon consistency loss between each face and the same face re-framed (scale, shift, "
         "turn, blur); 0 = off."))
     ema_decay: float = Field(0.0, description="Decay of the weight EMA that is evaluated and exported; 0 = off.")
@@ -59,8 +59,9 @@ class TrainingConfig(BaseModel):
     machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
     parent: "ParentWeights | None" = Field(None, description="The shipped weights this run was fine-tuned from.")
     averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
-        "Checkpoints of this run whose weights were averaged, uniformly, into the exported ones (`export "
-        "--checkpoint A --checkpoint B`); empty: one checkpoint's weights."))
+        "Checkpoints of this run whose weights make the exported ones, averaged uniformly where there are several "
+        "(`export --checkpoint A --checkpoint B`) and mixed with the parent's by `parent_weight`; empty: one "
+        "checkpoint's weights, as they are."))
     parent_weight: float = Field(0.0, ge=0, le=1, description=(
         "Share of the parent's weights (`parent`) in the exported ones: (1 - w) x this run's + w x the parent's, "
         "weight by weight (WiSE-FT, `export --parent-weight w`); 0 = this run's alone."))

@@ -314,7 +314,8 @@ def test_export_interpolates_a_fine_tuned_run_with_its_parent_weights(shipped, m
     capsys.readouterr()
     assert training_main(["evaluate", "--model", str(out), "--data", "synthetic:700"]) == 0
     assert manifest.validation.accuracy == json.loads(capsys.readouterr().out)["accuracy"]  # of the mixed weights
-    assert f"--checkpoint RUN_DIR/best.pt --parent-weight 0.5" in again.with_name("wise.md").read_text()
+    assert [(c.file, c.epoch) for c in manifest.training.averaged] == [(str(run / "best.pt"), 1)]
+    assert f"--checkpoint {run / 'best.pt'} --parent-weight 0.5 --out" in again.with_name("wise.md").read_text()
     # a run trained from scratch has no parent; a parent replaced in place since the run is not the parent
     assert training_main(["export", "--checkpoint", str(model_dir / "best.pt"), "--parent-weight", "0.5", "--out",
                           str(tmp_path / "orphan")]) == 2

@@ -160,7 +160,7 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
     model = build_model(architecture, config.image_size, len(classes))
     weights = state["model"] if len(states) == 1 else average_weights(checkpoints, states)
-    if len(states) > 1:
+    if len(states) > 1 or parent_weight > 0:  # mixed weights: which checkpoints went in
         config = config.model_copy(update={"averaged": [
             AveragedCheckpoint(file=str(path), epoch=other["epoch"] + 1, weights=other.get("weights", "raw"),
                                val_accuracy=other.get("val_accuracy")) for path, other in zip(checkpoints, states)]})
@@ -215,8 +215,8 @@ def interpolate_with_parent(weights: dict[str, torch.Tensor], config: TrainingCo
     parent, card = load_shipped_weights(parent_file)
     if card["sha256"] != config.parent.sha256:
         raise WeightsError(f"{parent_file}: sha256 {card['sha256'][:16]}... is not the {config.parent.sha256[:16]}... "
-                           f"the run of {checkpoint} was fine-tuned from (the file was replaced since); point "
-                           "the run at a copy of those weights")
+                           f"the run of {checkpoint} was fine-tuned from (the file was replaced since); put "
+                           "those weights back at that path, relative to where the run was started")
     parent_state = parent.state_dict()
     return {name: ((1 - parent_weight) * tensor.double() + parent_weight * parent_state[name].double()).to(tensor.dtype)
             if tensor.is_floating_point() else tensor for name, tensor in weights.items()}

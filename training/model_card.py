@@ -49,14 +49,14 @@ def export_command(training: dict) -> str:
     if not averaged and not share:
         return ""
     steps = []
-    if averaged:
+    if len(averaged) > 1:
         steps.append("the weights of " + ", ".join(
             f"epoch {c['epoch']} ({c['weights']}" + (f", {c['val_accuracy'] * 100:.2f} % alone without TTA)"
                                                     if c.get("val_accuracy") is not None else ")")
             for c in averaged) + " averaged")
     if share:
         steps.append(f"{share:g} of the parent's weights mixed in (WiSE-FT)")
-    checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged) or "--checkpoint RUN_DIR/best.pt"
+    checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged)
     option = f" --parent-weight {share:g}" if share else ""
     return (f"\n# then {'; then '.join(steps)}\npython -m training export {checkpoints}{option} --out MODEL_DIR "
             "--save-weights NAME.safetensors")
