@@ -159,8 +159,9 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     # Checkpoints from before the architecture registry hold the report's ResNet18 over FER2013's classes.
     architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
     model = build_model(architecture, config.image_size, len(classes))
+    mixed = len(states) > 1 or parent_weight > 0
     weights = state["model"] if len(states) == 1 else average_weights(checkpoints, states)
-    if len(states) > 1 or parent_weight > 0:  # mixed weights: which checkpoints went in
+    if mixed:  # which checkpoints went in
         config = config.model_copy(update={"averaged": [
             AveragedCheckpoint(file=str(path), epoch=other["epoch"] + 1, weights=other.get("weights", "raw"),
                                val_accuracy=other.get("val_accuracy")) for path, other in zip(checkpoints, states)]})
@@ -168,7 +169,6 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
         weights = interpolate_with_parent(weights, config, parent_weight, checkpoints[0])
         config = config.model_copy(update={"parent_weight": parent_weight})
     model.load_state_dict(weights)
-    mixed = len(states) > 1 or parent_weight > 0
     run_dir = checkpoints[0].parent
     metrics_file = run_dir / REPORT_FILES["metrics"]
     # The run's own figures are of its best.pt; mixed weights' are measured below.
@@ -200,8 +200,7 @@ def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, to
                 raise WeightsError(f"{path}: not a checkpoint of the same run as {checkpoints[0]} (its {key} "
                                    f"differs{': ' + ', '.join(differing) if differing else ''}); only one run's "
                                    "checkpoints are averaged")
-    return {name: torch.stack([other["model"][name].double() for other in states]).mean(0).to(tensor.dtype)
-            if tensor.is_floating_point() else tensor for name, tensor in first["model"].items()}
+    return weighted_sum([other["model"] for other in states], [1 / len(states)] * len(states))
 
 
 def interpolate_with_parent(weights: dict[str, torch.Tensor], config: TrainingConfig, parent_weight: float,
@@ -217,9 +216,15 @@ def interpolate_with_parent(weights: dict[str, torch.Tensor], config: TrainingCo
         raise WeightsError(f"{parent_file}: sha256 {card['sha256'][:16]}... is not the {config.parent.sha256[:16]}... "
                            f"the run of {checkpoint} was fine-tuned from (the file was replaced since); put "
                            "those weights back at that path, relative to where the run was started")
-    parent_state = parent.state_dict()
-    return {name: ((1 - parent_weight) * tensor.double() + parent_weight * parent_state[name].double()).to(tensor.dtype)
-            if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    return weighted_sum([weights, parent.state_dict()], [1 - parent_weight, parent_weight])
+
+
+def weighted_sum(weights: list[dict[str, torch.Tensor]], shares: list[float]) -> dict[str, torch.Tensor]:
+    """share_1 x weights_1 + share_2 x weights_2 + ..., weight by weight in float64; integer buffers (such as
+    batch-norm's step counts) are the first's."""
+    first = weights[0]
+    return {name: sum(share * other[name].double() for other, share in zip(weights, shares)).to(tensor.dtype)
+            if tensor.is_floating_point() else tensor for name, tensor in first.items()}
 
 
 def _evaluate_mixed(out: Path, manifest: Manifest, data: str) -> Manifest:
