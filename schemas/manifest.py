@@ -48,6 +48,11 @@ class TrainingConfig(BaseModel):
     consistency: float = Field(0.0, ge=0, description=(
         "Weight of the Jensen-Shannon consistency loss between each face and the same face re-framed (scale, shift, "
         "turn, blur); 0 = off."))
+    # The defaults are the ranges every run used before they could be chosen, so older cards read true.
+    reframe_scale: tuple[float, float] = Field((0.85, 1.18), description=(
+        "Range of the re-framed view's box size against the face's crop (> 1: a larger box, a smaller face)."))
+    reframe_shift: float = Field(0.06, ge=0, description="Largest shift of the re-framed view, as a share of the side.")
+    reframe_rotation: float = Field(8.0, ge=0, description="Largest turn of the re-framed view, in degrees.")
     ema_decay: float = Field(0.0, description="Decay of the weight EMA that is evaluated and exported; 0 = off.")
     weights: str
     seed: int

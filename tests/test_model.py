@@ -88,10 +88,10 @@ def test_random_erasing_erases_only_when_drawn():
 
 def test_reframe_moves_and_blurs_each_face_and_nothing_when_asked_for_nothing():
     pixels = torch.rand(16, 1, 48, 48) * 255
-    out = reframe(pixels, torch.Generator().manual_seed(0))
+    out = reframe(pixels, torch.Generator().manual_seed(0), (0.85, 1.18), 0.06, 8.0)
     assert out.shape == pixels.shape and not torch.allclose(out, pixels)
     assert 0 <= float(out.min()) and float(out.max()) <= 255
-    still = reframe(pixels, scale_range=(1.0, 1.0), max_shift=0.0, max_rotation=0.0, max_blur=0.0)
+    still = reframe(pixels, None, scale_range=(1.0, 1.0), max_shift=0.0, max_rotation=0.0, max_blur=0.0)
     assert torch.allclose(still, pixels, atol=1e-3)
 
 

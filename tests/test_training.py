@@ -10,12 +10,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from schemas.labels import CLASSES
-from schemas.manifest import Manifest
+from schemas.manifest import Manifest, TrainingConfig
 from service.runtime.architectures import build_model
 from service.runtime.modeldir import file_sha256, load_manifest
 from training.__main__ import main as training_main
 from training.data import load_split
 from training.export import ExportError, export_onnx, verify_parity
+from training.model_card import training_command
 
 from .conftest import ROOT, make_client
 
@@ -363,16 +364,30 @@ def test_precision_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path):
     assert (training.precision, training.channels_last) == ("bf16", True)
 
 
-def test_consistency_training_records_its_weight_and_resumes_only_with_it(tmp_path, capsys):
+def test_consistency_training_records_its_weight_and_reframing_and_resumes_only_with_them(tmp_path, capsys):
     command = ["train", "--out", str(tmp_path), "--data", "synthetic:140", "--epochs", "1", "--image-size", "32",
-               "--batch-size", "32", "--consistency", "12"]
+               "--batch-size", "32", "--reframe-scale", "0.78", "1.28", "--reframe-shift", "0.095",
+               "--consistency", "12"]
     assert training_main(command) == 0
-    assert load_manifest(tmp_path).training.consistency == 12
+    training = load_manifest(tmp_path).training
+    assert (training.consistency, training.reframe_scale, training.reframe_shift, training.reframe_rotation) == (
+        12, (0.78, 1.28), 0.095, 8.0)
+    assert training_command(training.model_dump()).endswith(
+        "--consistency 12.0 --reframe-scale 0.78 1.28 --reframe-shift 0.095 --reframe-rotation 8.0 --ema-decay 0.998"
+        " --weights none --seed 0 --precision fp32 --tta flip")
     with pytest.raises(SystemExit, match="--consistency 12.0 in the checkpoint, 0.0 now"):
         training_main(command[:-2] + ["--resume"])
+    with pytest.raises(SystemExit, match=r"--reframe-scale \(0.78, 1.28\) in the checkpoint, \(0.85, 1.18\) now"):
+        training_main(command[:11] + command[14:] + ["--resume"])
     with pytest.raises(SystemExit):
         training_main(command[:-1] + ["-1"])
     assert "--consistency -1.0: the weight of a loss" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training_main(command[:12] + ["1.2", "0.9"] + command[14:])
+    assert "--reframe-scale 1.2 0.9: box sizes LOW <= HIGH" in capsys.readouterr().err
+    # Cards written before the ranges could be chosen read as the ranges those runs used.
+    assert TrainingConfig(**{name: value for name, value in training.model_dump().items()
+                             if not name.startswith("reframe")}).reframe_scale == (0.85, 1.18)
 
 
 def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_weights():

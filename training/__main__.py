@@ -7,6 +7,7 @@ from pathlib import Path
 
 from service.runtime.architectures import ARCHITECTURES
 from service.runtime.modeldir import ModelDirError
+from schemas.manifest import TrainingConfig
 from training.data import DataError
 
 
@@ -33,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of a Jensen-Shannon consistency loss between each face and the same face "
                             "re-framed as a face detector hands it over (AugMix uses 12); 0 = off. Costs a second "
                             "forward and backward pass per face")
+    reframed = TrainingConfig.model_fields
+    train.add_argument("--reframe-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       default=reframed["reframe_scale"].default,
+                       help="--consistency's re-framed box size against the crop (> 1: a smaller face)")
+    train.add_argument("--reframe-shift", type=float, default=reframed["reframe_shift"].default,
+                       help="--consistency's largest shift, as a share of the side")
+    train.add_argument("--reframe-rotation", type=float, default=reframed["reframe_rotation"].default,
+                       help="--consistency's largest turn, in degrees")
     train.add_argument("--ema-decay", type=float, default=0.998,
                        help="per-step decay of the weight EMA that is evaluated and exported; 0 = off")
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -97,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and args.consistency < 0:
         parser.error(f"--consistency {args.consistency}: the weight of a loss, 0 (off) or more")
+    if args.command == "train":
+        low, high = args.reframe_scale
+        if not 0 < low <= high:
+            parser.error(f"--reframe-scale {low:g} {high:g}: box sizes LOW <= HIGH, both above 0")
+        if args.reframe_shift < 0 or args.reframe_rotation < 0:
+            parser.error("--reframe-shift and --reframe-rotation are largest amounts, 0 or more")
     if args.command == "export" and args.parent_weight:
         if not 0 < args.parent_weight <= 1:
             parser.error(f"--parent-weight {args.parent_weight}: a share of the parent's weights, in (0, 1]")

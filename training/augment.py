@@ -31,13 +31,12 @@ def augment(pixels: torch.Tensor, generator: torch.Generator | None = None, max_
     return random_erasing(out, erase_probability, generator)
 
 
-def reframe(pixels: torch.Tensor, generator: torch.Generator | None = None,
-            scale_range: tuple[float, float] = (0.85, 1.18), max_shift: float = 0.06, max_rotation: float = 8.0,
-            max_blur: float = 1.0) -> torch.Tensor:
-    """The same faces as a face detector and a photograph's resampling hand them over: framed a little larger or
-    smaller (MTCNN's box scatters by about 14 % in size and 5 % in position against FER2013's crop; these ranges
-    span about one deviation of that), turned by what alignment leaves, and blurred by a Gaussian of sigma up to
-    `max_blur` pixels.
+def reframe(pixels: torch.Tensor, generator: torch.Generator | None, scale_range: tuple[float, float],
+            max_shift: float, max_rotation: float, max_blur: float = 1.0) -> torch.Tensor:
+    """The same faces as a face detector and a photograph's resampling hand them over: framed larger or smaller
+    by a factor drawn from `scale_range` (MTCNN's box size scatters by 0.165 in log against FER2013's crop),
+    shifted by up to `max_shift` of the side, turned by up to `max_rotation` degrees (what alignment leaves),
+    and blurred by a Gaussian of sigma up to `max_blur` pixels.
 
     `pixels` is float N x 1 x H x W in 0-255; the result has the same shape.
     """

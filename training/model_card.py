@@ -36,10 +36,17 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
 
 
 def training_command(training: dict) -> str:
+    reframing = ["reframe_scale", "reframe_shift", "reframe_rotation"] if training.get("consistency") else []
     options = ["data", "architecture", "epochs", "image_size", "batch_size", "optimizer", "lr", "weight_decay",
-               "label_smoothing", "mixup", "cutmix", "consistency", "ema_decay", "weights", "seed", "precision", "tta"]
+               "label_smoothing", "mixup", "cutmix", "consistency", *reframing, "ema_decay", "weights", "seed",
+               "precision", "tta"]
+
+    def value(name: str) -> str:
+        recorded = training[name]
+        return " ".join(map(str, recorded)) if isinstance(recorded, (list, tuple)) else str(recorded)
+
     return "python -m training train --out RUN_DIR " + " ".join(
-        f"--{name.replace('_', '-')} {training[name]}" for name in options if name in training)
+        f"--{name.replace('_', '-')} {value(name)}" for name in options if name in training)
 
 
 def export_command(training: dict) -> str:

@@ -186,7 +186,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
         pixels = augment(images[index].unsqueeze(1).float(), device_generator)
         pixels, partner_labels, lam = mix_batch(pixels, labels[index], args, mix_generator)
         if args.consistency > 0:  # the same faces re-framed, in the same batch
-            pixels = torch.cat([pixels, reframe(pixels, device_generator)])
+            pixels = torch.cat([pixels, reframe(pixels, device_generator, tuple(args.reframe_scale),
+                                                args.reframe_shift, args.reframe_rotation)])
         with autocast(images.device, args.precision):
             logits = model(pixels.contiguous(memory_format=memory_format))
             if args.consistency > 0:
@@ -268,7 +269,9 @@ def training_config(args: argparse.Namespace, device: torch.device, world_size: 
                           image_size=args.image_size,
                           batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                           weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
-                          cutmix=args.cutmix, consistency=args.consistency, ema_decay=args.ema_decay,
+                          cutmix=args.cutmix, consistency=args.consistency, reframe_scale=tuple(args.reframe_scale),
+                          reframe_shift=args.reframe_shift, reframe_rotation=args.reframe_rotation,
+                          ema_decay=args.ema_decay,
                           weights=args.weights, seed=args.seed,
                           device=device.type, world_size=world_size, precision=args.precision,
                           channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device),
