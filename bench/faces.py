@@ -3,7 +3,8 @@
 For each detector and face source (FER2013 validation faces where `../shared/data/fer2013` exists, the
 procedural faces always): recall and precision at IoU >= 0.5 for faces of 48 px and more, ms per scene and,
 with `--model`, the share of found faces whose predicted label equals the label predicted on the original
-48x48 crop (both with the model's test-time augmentation, as served), and what a perfect detector could reach.
+48x48 crop (both with the model's test-time augmentation, as served), how often each of the two is the face's
+true label, and what a perfect detector could reach.
 Then the detectors on the real photographs scikit-image ships. Prints a table per part.
 """
 
@@ -35,6 +36,8 @@ class SceneScore:
     found: int = 0
     detections: int = 0
     agreed: int = 0
+    right_found: int = 0  # found faces whose label on the detected crop is the face's true label
+    right_original: int = 0  # the same faces, labelled on their original crop
     seconds: float = 0.0
 
 
@@ -64,7 +67,11 @@ def score_detector(detector, scenes: list[Scene], model, tta: str, margin: float
             crops = np.stack([crop_face(grey, faces[j], 48, margin) for _, j in matched])
             originals = np.stack([truth[i].crop for i, _ in matched])
             predicted = predict_with_tta(model.predict, np.concatenate([crops, originals])[:, None], tta).argmax(1)
-            score.agreed += int((predicted[:len(matched)] == predicted[len(matched):]).sum())
+            found, original = predicted[:len(matched)], predicted[len(matched):]
+            labels = np.array([truth[i].label for i, _ in matched])
+            score.agreed += int((found == original).sum())
+            score.right_found += int((found == labels).sum())
+            score.right_original += int((original == labels).sum())
     return score
 
 
@@ -135,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Composite scenes: {args.scenes} per source (640x480, 0-6 faces of 48-160 px, +-10 degrees), seed "
           f"{args.seed}; IoU >= {MATCH_IOU}; detectors report faces >= {args.min_face} px; torch threads "
           f"{torch.get_num_threads()}")
-    print("| faces | detector | faces there | recall | precision | label agreement | ms per scene |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| faces | detector | faces there | recall | precision | label agreement | right: detected / original "
+          "crop | ms per scene |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     ceilings = {}
     for source in sources:
         scenes = make_scenes(args.scenes, source, seed=args.seed)
@@ -144,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             ceilings[source.name] = agreement_ceiling(scenes, model, tta)
         for name, detector in detectors.items():
             score = score_detector(detector, scenes, model, tta, args.margin, args.min_face)
-            agreement = f"{score.agreed / score.found:.1%}" if model is not None and score.found else "-"
+            labelled = model is not None and score.found
+            agreement = f"{score.agreed / score.found:.1%}" if labelled else "-"
+            right = (f"{score.right_found / score.found:.1%} / {score.right_original / score.found:.1%}"
+                     if labelled else "-")
             print(f"| {source.name} | {name} | {score.faces} | {score.found / max(1, score.faces):.3f} | "
-                  f"{score.found / max(1, score.detections):.3f} | {agreement} | "
+                  f"{score.found / max(1, score.detections):.3f} | {agreement} | {right} | "
                   f"{1000 * score.seconds / len(scenes):.0f} |", flush=True)
     if model is not None:
         print("\nLabel agreement a perfect detector could reach (faces >= 48 px; true box, rotation undone):")
