@@ -67,11 +67,11 @@ def score_detector(detector, scenes: list[Scene], model, tta: str, margin: float
             crops = np.stack([crop_face(grey, faces[j], 48, margin) for _, j in matched])
             originals = np.stack([truth[i].crop for i, _ in matched])
             predicted = predict_with_tta(model.predict, np.concatenate([crops, originals])[:, None], tta).argmax(1)
-            found, original = predicted[:len(matched)], predicted[len(matched):]
+            on_detected, on_original = predicted[:len(matched)], predicted[len(matched):]
             labels = np.array([truth[i].label for i, _ in matched])
-            score.agreed += int((found == original).sum())
-            score.right_found += int((found == labels).sum())
-            score.right_original += int((original == labels).sum())
+            score.agreed += int((on_detected == on_original).sum())
+            score.right_found += int((on_detected == labels).sum())
+            score.right_original += int((on_original == labels).sum())
     return score
 
 

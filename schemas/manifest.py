@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.labels import CLASSES
 
@@ -70,6 +70,13 @@ class TrainingConfig(BaseModel):
     parent_weight: float = Field(0.0, ge=0, le=1, description=(
         "Share of the parent's weights (`parent`) in the exported ones: (1 - w) x this run's + w x the parent's, "
         "weight by weight (WiSE-FT, `export --parent-weight w`); 0 = this run's alone."))
+
+    @field_validator("reframe_scale")
+    @classmethod
+    def _box_sizes(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"box sizes {scale}: LOW <= HIGH, both above 0")
+        return scale
 
 
 class AveragedCheckpoint(BaseModel):

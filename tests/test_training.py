@@ -83,10 +83,12 @@ def test_export_command_writes_a_verified_directory_with_precomputed_filters(mod
 
 def test_export_averages_checkpoints_of_one_run_and_measures_the_average(model_dir, tmp_path, capsys):
     last = torch.load(model_dir / "checkpoint.pt", weights_only=True)
-    # a second checkpoint of the same run: its last epoch's weight EMA (the last epoch kept the raw weights)
+    # a second checkpoint of the same run: its last epoch's weight EMA (the last epoch kept the raw weights),
+    # written before the re-framing ranges were recorded (a run resumed across that change)
     ema = {name.removeprefix("module."): tensor for name, tensor in last["ema"].items() if name.startswith("module.")}
     second = tmp_path / "ema.pt"
-    torch.save({**last, "model": ema, "weights": "ema"}, second)
+    older_config = {name: value for name, value in last["config"].items() if not name.startswith("reframe")}
+    torch.save({**last, "model": ema, "weights": "ema", "config": older_config}, second)
     checkpoints = [model_dir / "checkpoint.pt", second]
     out, shipped = tmp_path / "averaged", tmp_path / "shipped" / "fer.safetensors"
     assert training_main(["export", *(f"--checkpoint={path}" for path in checkpoints), "--out", str(out),
@@ -384,9 +386,17 @@ def test_consistency_training_records_its_weight_and_reframing_and_resumes_only_
     with pytest.raises(SystemExit):
         training_main(command[:12] + ["1.2", "0.9"] + command[14:])
     assert "--reframe-scale 1.2 0.9: box sizes LOW <= HIGH" in capsys.readouterr().err
-    # Cards written before the ranges could be chosen read as the ranges those runs used.
-    assert TrainingConfig(**{name: value for name, value in training.model_dump().items()
-                             if not name.startswith("reframe")}).reframe_scale == (0.85, 1.18)
+    with pytest.raises(SystemExit):
+        training_main(command + ["--reframe-rotation", "-2"])
+    assert "--reframe-shift and --reframe-rotation are largest amounts" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="LOW <= HIGH"):
+        TrainingConfig(**{**training.model_dump(), "reframe_scale": (1.2, 0.9)})
+    # Cards written before the ranges could be chosen read as the ranges those runs used, and their command
+    # leaves them to the defaults; without --consistency the ranges are not part of the command.
+    older = {name: value for name, value in training.model_dump().items() if not name.startswith("reframe")}
+    assert TrainingConfig(**older).reframe_scale == (0.85, 1.18)
+    assert "--consistency 12.0 --ema-decay" in training_command(older)
+    assert "--reframe" not in training_command({**training.model_dump(), "consistency": 0.0})
 
 
 def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_weights():

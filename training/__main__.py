@@ -5,9 +5,9 @@ import json
 import sys
 from pathlib import Path
 
+from schemas.manifest import TrainingConfig
 from service.runtime.architectures import ARCHITECTURES
 from service.runtime.modeldir import ModelDirError
-from schemas.manifest import TrainingConfig
 from training.data import DataError
 
 
@@ -34,13 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of a Jensen-Shannon consistency loss between each face and the same face "
                             "re-framed as a face detector hands it over (AugMix uses 12); 0 = off. Costs a second "
                             "forward and backward pass per face")
-    reframed = TrainingConfig.model_fields
+    fields = TrainingConfig.model_fields
     train.add_argument("--reframe-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       default=reframed["reframe_scale"].default,
+                       default=fields["reframe_scale"].default,
                        help="--consistency's re-framed box size against the crop (> 1: a smaller face)")
-    train.add_argument("--reframe-shift", type=float, default=reframed["reframe_shift"].default,
+    train.add_argument("--reframe-shift", type=float, default=fields["reframe_shift"].default,
                        help="--consistency's largest shift, as a share of the side")
-    train.add_argument("--reframe-rotation", type=float, default=reframed["reframe_rotation"].default,
+    train.add_argument("--reframe-rotation", type=float, default=fields["reframe_rotation"].default,
                        help="--consistency's largest turn, in degrees")
     train.add_argument("--ema-decay", type=float, default=0.998,
                        help="per-step decay of the weight EMA that is evaluated and exported; 0 = off")

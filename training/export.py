@@ -191,12 +191,15 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
 def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, torch.Tensor]:
     """The mean of the checkpoints' weights (integer buffers, such as batch-norm's step counts, from the first);
     only checkpoints of one run (the same training configuration) are averaged."""
-    first = states[0]
+    def described(state: dict, key: str):
+        # settings added since a checkpoint was written take their defaults, as on --resume
+        return TrainingConfig(**state["config"]).model_dump() if key == "config" else state.get(key)
+
     for path, other in zip(checkpoints[1:], states[1:]):
         for key in ("config", "architecture", "classes", "input_size"):
-            if other.get(key) != first.get(key):
-                differing = sorted(name for name in first.get(key) or {} if first[key][name] != other[key].get(name)) \
-                    if key == "config" else []
+            mine, theirs = described(states[0], key), described(other, key)
+            if theirs != mine:
+                differing = sorted(name for name in mine if mine[name] != theirs[name]) if key == "config" else []
                 raise WeightsError(f"{path}: not a checkpoint of the same run as {checkpoints[0]} (its {key} "
                                    f"differs{': ' + ', '.join(differing) if differing else ''}); only one run's "
                                    "checkpoints are averaged")
