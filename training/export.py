@@ -191,13 +191,16 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
 def average_weights(checkpoints: list[Path], states: list[dict]) -> dict[str, torch.Tensor]:
     """The mean of the checkpoints' weights (integer buffers, such as batch-norm's step counts, from the first);
     only checkpoints of one run (the same training configuration) are averaged."""
-    def described(state: dict, key: str):
+    def described(state: dict) -> dict:
         # settings added since a checkpoint was written take their defaults, as on --resume
-        return TrainingConfig(**state["config"]).model_dump() if key == "config" else state.get(key)
+        return {"config": TrainingConfig(**state["config"]).model_dump(),
+                **{key: state.get(key) for key in ("architecture", "classes", "input_size")}}
 
+    first = described(states[0])
     for path, other in zip(checkpoints[1:], states[1:]):
-        for key in ("config", "architecture", "classes", "input_size"):
-            mine, theirs = described(states[0], key), described(other, key)
+        described_other = described(other)
+        for key, mine in first.items():
+            theirs = described_other[key]
             if theirs != mine:
                 differing = sorted(name for name in mine if mine[name] != theirs[name]) if key == "config" else []
                 raise WeightsError(f"{path}: not a checkpoint of the same run as {checkpoints[0]} (its {key} "
