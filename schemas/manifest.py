@@ -1,8 +1,8 @@
 """`manifest.json`: what a training run exported, enough for the service to load and verify it."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from schemas.labels import CLASSES
 
@@ -33,34 +33,69 @@ class Preprocessing(BaseModel):
     replicate_channels: int = 3
 
 
+def option(default: Any, description: str, **checks: Any) -> Any:
+    """A field of `TrainingConfig` that is also an option of `python -m training train`: the parser is generated
+    from these declarations (name, type, default, help and checks: training/options.py), and the model card's
+    command lists them."""
+    return Field(default, description=description, json_schema_extra={"option": True}, **checks)
+
+
+def check_range(low_high: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < low_high[0] <= low_high[1]:
+        raise ValueError("LOW <= HIGH, both above 0")
+    return low_high
+
+
 class TrainingConfig(BaseModel):
-    data: str
-    architecture: str = "resnet18"
-    epochs: int
-    image_size: int
-    batch_size: int
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float
-    weight_decay: float
-    label_smoothing: float
-    mixup: float = Field(0.0, description="Beta(alpha, alpha) of mixup; 0 = off.")
-    cutmix: float = Field(0.0, description="Beta(alpha, alpha) of CutMix; 0 = off.")
-    consistency: float = Field(0.0, ge=0, description=(
-        "Weight of the Jensen-Shannon consistency loss between each face and the same face re-framed (scale, shift, "
-        "turn, blur); 0 = off."))
-    # The defaults are the ranges every run used before they could be chosen, so older cards read true.
-    reframe_scale: tuple[float, float] = Field((0.85, 1.18), description=(
-        "Range of the re-framed view's box size against the face's crop (> 1: a larger box, a smaller face)."))
-    reframe_shift: float = Field(0.06, ge=0, description="Largest shift of the re-framed view, as a share of the side.")
-    reframe_rotation: float = Field(8.0, ge=0, description="Largest turn of the re-framed view, in degrees.")
-    ema_decay: float = Field(0.0, description="Decay of the weight EMA that is evaluated and exported; 0 = off.")
-    weights: str
-    seed: int
-    device: str
+    """What a training run computes (every `train` option, in the order the parser and the card list them) and,
+    after them, what it recorded of where it ran. Defaults added with later options are the values earlier runs
+    used, so older cards and checkpoints read true."""
+
+    data: str = option("synthetic", "synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
+    architecture: str = option("resnet18", "network, by its name in the architecture registry")
+    epochs: int = option(30, "length of the schedule", ge=1)
+    image_size: int = option(48, "side of the image the network sees", ge=8)
+    input_size: int = option(48, "side the data is stored at (FER2013: 48)", ge=8)
+    batch_size: int = option(128, "images per step", ge=1)
+    optimizer: Literal["adamw", "sgd"] = option("adamw", "sgd: Nesterov momentum 0.9")
+    schedule: Literal["onecycle", "cosine"] = option("onecycle", (
+        "learning rate per step: one-cycle (rising for 15 % of the steps, then annealed), or a linear warm-up of "
+        "--warmup-epochs then cosine decay to 0"))
+    warmup_epochs: float = option(0.0, "--schedule cosine: epochs of linear warm-up", ge=0)
+    lr: float = option(2e-3, "peak learning rate", gt=0)
+    weight_decay: float = option(0.05, "decoupled (adamw) or L2 (sgd) weight decay", ge=0)
+    label_smoothing: float = option(0.1, "of the cross-entropy's targets", ge=0, lt=1)
+    mixup: float = option(0.0, "mixup's Beta alpha (e.g. 0.2); 0 = off", ge=0)
+    cutmix: float = option(0.0, "CutMix's Beta alpha (e.g. 1.0); 0 = off", ge=0)
+    aug_scale: tuple[float, float] = option((0.9, 1.1), (
+        "augmentation: range of the random zoom (> 1: the face drawn larger)"))
+    aug_shift: float = option(0.1, "augmentation: largest random shift, as a share of the side", ge=0)
+    aug_rotation: float = option(10.0, "augmentation: largest random turn, in degrees", ge=0)
+    erasing: float = option(0.5, "augmentation: probability of erasing a random rectangle (random erasing)",
+                            ge=0, le=1)
+    consistency: float = option(0.0, (
+        "weight of a Jensen-Shannon consistency loss between each face and the same face re-framed as a face "
+        "detector hands it over (AugMix uses 12); 0 = off. Costs a second forward and backward pass per face"), ge=0)
+    reframe_scale: tuple[float, float] = option((0.85, 1.18), (
+        "--consistency's re-framed box size against the crop (> 1: a larger box, a smaller face)"))
+    reframe_shift: float = option(0.06, "--consistency's largest shift, as a share of the side", ge=0)
+    reframe_rotation: float = option(8.0, "--consistency's largest turn, in degrees", ge=0)
+    ema_decay: float = option(0.998, "per-step decay of the weight EMA that is evaluated and exported; 0 = off",
+                              ge=0, lt=1)
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", (
+        "of training steps (evaluation is fp32): auto = bf16 on CUDA and on CPUs with bf16 instructions; recorded "
+        "as chosen"))
+    weights: str = option("none", (
+        "none (from scratch), imagenet (torch hub cache), a ResNet18 state dict path, or shipped FER weights "
+        "NAME.safetensors to fine-tune (e.g. at a larger --image-size)"))
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train; recorded as chosen")
+    seed: int = option(0, "of the initial weights, the data order and the augmentation")
+    val_fraction: float = option(0.1, "held out of train when the data has no val split", gt=0, lt=1)
+    tta: TtaMode = option("flip", "test-time augmentation recorded in the manifest and applied by evaluate and the "
+                                  "service")
+    # Recorded, not chosen:
     world_size: int = 1
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Of the training steps; evaluation is fp32.")
     channels_last: bool = False
-    tta: TtaMode = "none"
     machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
     parent: "ParentWeights | None" = Field(None, description="The shipped weights this run was fine-tuned from.")
     averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
@@ -71,12 +106,13 @@ class TrainingConfig(BaseModel):
         "Share of the parent's weights (`parent`) in the exported ones: (1 - w) x this run's + w x the parent's, "
         "weight by weight (WiSE-FT, `export --parent-weight w`); 0 = this run's alone."))
 
-    @field_validator("reframe_scale")
-    @classmethod
-    def _box_sizes(cls, scale: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"box sizes {scale}: LOW <= HIGH, both above 0")
-        return scale
+    _ranges = field_validator("aug_scale", "reframe_scale")(check_range)
+
+    @model_validator(mode="after")
+    def _warm_up_within_the_schedule(self) -> "TrainingConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"--warmup-epochs {self.warmup_epochs:g} is not shorter than --epochs {self.epochs}")
+        return self
 
 
 class AveragedCheckpoint(BaseModel):

@@ -382,13 +382,13 @@ def test_consistency_training_records_its_weight_and_reframing_and_resumes_only_
         training_main(command[:11] + command[14:] + ["--resume"])
     with pytest.raises(SystemExit):
         training_main(command[:-1] + ["-1"])
-    assert "--consistency -1.0: the weight of a loss" in capsys.readouterr().err
+    assert "--consistency -1.0: Input should be greater than or equal to 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         training_main(command[:12] + ["1.2", "0.9"] + command[14:])
-    assert "--reframe-scale 1.2 0.9: box sizes LOW <= HIGH" in capsys.readouterr().err
+    assert "--reframe-scale 1.2 0.9: LOW <= HIGH" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         training_main(command + ["--reframe-rotation", "-2"])
-    assert "--reframe-shift and --reframe-rotation are largest amounts" in capsys.readouterr().err
+    assert "--reframe-rotation -2.0: Input should be greater than or equal to 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="LOW <= HIGH"):
         TrainingConfig(**{**training.model_dump(), "reframe_scale": (1.2, 0.9)})
     # Cards written before the ranges could be chosen read as the ranges those runs used, and their command
@@ -421,3 +421,45 @@ def test_the_shipped_weights_are_the_ones_their_card_vouches_for():
     evaluation = card["evaluation"]
     assert evaluation["accuracy"] - evaluation["accuracy_fp16_weights"] <= 0.001  # fp16 loses <= 0.1 points
     assert card["classes"] == list(CLASSES) and model.num_classes == len(CLASSES)
+
+
+def test_a_training_option_is_one_declaration_seen_by_the_parser_the_manifest_and_the_card(model_dir, capsys):
+    import argparse
+
+    from schemas.manifest import option
+    from training.options import add_options, command, config_from_args, option_names
+
+    class Extended(TrainingConfig):
+        warp: float = option(0.25, "a new augmentation's strength", ge=0, le=1)
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Extended)
+    assert "a new augmentation's strength (default: 0.25)" in parser.format_help()
+    config = config_from_args(parser, parser.parse_args(["--warp", "0.5", "--epochs", "3"]), Extended)
+    assert (config.warp, config.epochs) == (0.5, 3)
+    assert "--epochs 3 " in command(config.model_dump(), Extended)
+    assert command(config.model_dump(), Extended).endswith("--tta flip --warp 0.5")
+    with pytest.raises(SystemExit):
+        config_from_args(parser, parser.parse_args(["--warp", "2"]), Extended)
+    assert "--warp 2.0: Input should be less than or equal to 1" in capsys.readouterr().err
+    # The manifest's training config is the parsed config itself: every declared option is recorded.
+    recorded = json.loads((model_dir / "manifest.json").read_text())["training"]
+    assert set(option_names()) <= set(recorded)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from training.train import build_scheduler
+
+    config = TrainingConfig(epochs=4, schedule="cosine", warmup_epochs=1, lr=0.1, optimizer="sgd")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)
+    rates = []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.01) and rates[9] == pytest.approx(0.1)  # linear warm-up over 10 steps
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.001
+    resumed = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr), config, 10)
+    resumed.load_state_dict(scheduler.state_dict())
+    assert resumed.get_last_lr() == scheduler.get_last_lr()

@@ -5,10 +5,9 @@ import json
 import sys
 from pathlib import Path
 
-from schemas.manifest import TrainingConfig
-from service.runtime.architectures import ARCHITECTURES
 from service.runtime.modeldir import ModelDirError
 from training.data import DataError
+from training.options import add_options, config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,46 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train the report's ResNet18, evaluate it and export it")
-    train.add_argument("--data", default="synthetic",
-                       help="synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
     train.add_argument("--out", required=True, type=Path, help="run directory")
-    train.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="resnet18")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--image-size", type=int, default=48, help="side of the image the network sees")
-    train.add_argument("--input-size", type=int, default=48, help="side the data is stored at (FER2013: 48)")
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="sgd: Nesterov momentum 0.9")
-    train.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--label-smoothing", type=float, default=0.1)
-    train.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta alpha (e.g. 0.2); 0 = off")
-    train.add_argument("--cutmix", type=float, default=0.0, help="CutMix's Beta alpha (e.g. 1.0); 0 = off")
-    train.add_argument("--consistency", type=float, default=0.0,
-                       help="weight of a Jensen-Shannon consistency loss between each face and the same face "
-                            "re-framed as a face detector hands it over (AugMix uses 12); 0 = off. Costs a second "
-                            "forward and backward pass per face")
-    fields = TrainingConfig.model_fields
-    train.add_argument("--reframe-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                       default=fields["reframe_scale"].default,
-                       help="--consistency's re-framed box size against the crop (> 1: a smaller face)")
-    train.add_argument("--reframe-shift", type=float, default=fields["reframe_shift"].default,
-                       help="--consistency's largest shift, as a share of the side")
-    train.add_argument("--reframe-rotation", type=float, default=fields["reframe_rotation"].default,
-                       help="--consistency's largest turn, in degrees")
-    train.add_argument("--ema-decay", type=float, default=0.998,
-                       help="per-step decay of the weight EMA that is evaluated and exported; 0 = off")
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                       help="of training steps: auto = bf16 on CUDA and on CPUs with bf16 instructions")
-    train.add_argument("--weights", default="none",
-                       help="none (from scratch), imagenet (torch hub cache), a ResNet18 state dict path, or shipped "
-                            "FER weights NAME.safetensors to fine-tune (e.g. at a larger --image-size)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--val-fraction", type=float, default=0.1,
-                       help="held out of train when the data has no val split")
-    train.add_argument("--tta", choices=["none", "flip", "crops"], default="flip",
-                       help="test-time augmentation recorded in the manifest and applied by evaluate and the service")
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    add_options(train)
 
     export = commands.add_parser("export", help="build a verified model directory (TorchScript, ONNX, weights)")
     source = export.add_mutually_exclusive_group(required=True)
@@ -104,14 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and args.consistency < 0:
-        parser.error(f"--consistency {args.consistency}: the weight of a loss, 0 (off) or more")
-    if args.command == "train":
-        low, high = args.reframe_scale
-        if not 0 < low <= high:
-            parser.error(f"--reframe-scale {low:g} {high:g}: box sizes LOW <= HIGH, both above 0")
-        if args.reframe_shift < 0 or args.reframe_rotation < 0:
-            parser.error("--reframe-shift and --reframe-rotation are largest amounts, 0 or more")
     if args.command == "export" and args.parent_weight:
         if not 0 < args.parent_weight <= 1:
             parser.error(f"--parent-weight {args.parent_weight}: a share of the parent's weights, in (0, 1]")
@@ -121,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             from training.train import train
 
-            train(args)
+            train(config_from_args(parser, args), args.out, args.resume)
         elif args.command == "export":
             from training.export import (
                 export_checkpoint,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from training.evaluate import evaluate_model_dir
 from training.export import card_path, export_weights, save_shipped_weights
+from training.options import command as training_command
 
 LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from web searches. Photos go through the
   service's face detector first; profiles, occlusions, strong head turns and non-face images are outside
@@ -33,20 +34,6 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
     card_path(weights).write_text(json.dumps(card, indent=1))
     weights.with_name(weights.name.removesuffix(".safetensors") + ".md").write_text(render(card))
     return card
-
-
-def training_command(training: dict) -> str:
-    reframing = ["reframe_scale", "reframe_shift", "reframe_rotation"] if training.get("consistency") else []
-    options = ["data", "architecture", "epochs", "image_size", "batch_size", "optimizer", "lr", "weight_decay",
-               "label_smoothing", "mixup", "cutmix", "consistency", *reframing, "ema_decay", "weights", "seed",
-               "precision", "tta"]
-
-    def value(name: str) -> str:
-        recorded = training[name]
-        return " ".join(map(str, recorded)) if isinstance(recorded, (list, tuple)) else str(recorded)
-
-    return "python -m training train --out RUN_DIR " + " ".join(
-        f"--{name.replace('_', '-')} {value(name)}" for name in options if name in training)
 
 
 def export_command(training: dict) -> str:

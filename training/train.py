@@ -4,10 +4,10 @@ Multi-GPU and multi-node runs go through torchrun (DistributedDataParallel); eac
 data set and trains on its shard of every epoch's permutation.
 """
 
-import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -72,17 +72,17 @@ class _Logits(nn.Module):
         return self.model.logits(pixels)
 
 
-def initial_model(args: argparse.Namespace) -> tuple[FerNet, ParentWeights | None]:
+def initial_model(config: TrainingConfig) -> tuple[FerNet, ParentWeights | None]:
     """A new network, or one fine-tuned from shipped FER weights (verified against their card), with what their
     card says of them. The network's weights do not depend on the side it sees, so a model trained at 48 can be
     fine-tuned at a larger side."""
-    model = build_model(args.architecture, args.image_size, len(CLASSES), resolve_weights(args.weights))
-    if not is_shipped_weights(args.weights):
+    model = build_model(config.architecture, config.image_size, len(CLASSES), resolve_weights(config.weights))
+    if not is_shipped_weights(config.weights):
         return model, None
-    shipped, card = load_shipped_weights(Path(args.weights))
-    if card["architecture"] != args.architecture or card["classes"] != list(CLASSES):
-        raise WeightsError(f"{args.weights}: a {card['architecture']} over {card['classes']}, cannot initialise a "
-                           f"{args.architecture} over {list(CLASSES)} (see --architecture)")
+    shipped, card = load_shipped_weights(Path(config.weights))
+    if card["architecture"] != config.architecture or card["classes"] != list(CLASSES):
+        raise WeightsError(f"{config.weights}: a {card['architecture']} over {card['classes']}, cannot initialise a "
+                           f"{config.architecture} over {list(CLASSES)} (see --architecture)")
     model.net.load_state_dict(shipped.net.state_dict())
     evaluation = card.get("evaluation") or {}
     return model, ParentWeights(file=card["file"], sha256=card["sha256"], training=TrainingConfig(**card["training"]),
@@ -128,14 +128,14 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace, generator: torch.Generator):
+def mix_batch(pixels: torch.Tensor, labels: torch.Tensor, config: TrainingConfig, generator: torch.Generator):
     """Mixup or CutMix (one of the enabled ones, chosen per batch): mixed pixels, the partner labels and the
     weight of the original labels. Returns (pixels, labels, 1.0) when neither is enabled."""
-    choices = [name for name, alpha in (("mixup", args.mixup), ("cutmix", args.cutmix)) if alpha > 0]
+    choices = [name for name, alpha in (("mixup", config.mixup), ("cutmix", config.cutmix)) if alpha > 0]
     if not choices:
         return pixels, labels, 1.0
     pick = choices[int(torch.randint(len(choices), (1,), generator=generator))]
-    alpha = args.mixup if pick == "mixup" else args.cutmix
+    alpha = config.mixup if pick == "mixup" else config.cutmix
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     order = torch.randperm(len(labels), generator=generator).to(pixels.device)
     if pick == "mixup":
@@ -168,35 +168,36 @@ def ema_average(decay: float):
 
 
 def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel | None, images: torch.Tensor,
-                    labels: torch.Tensor, args: argparse.Namespace, epoch: int, rank: int,
+                    labels: torch.Tensor, config: TrainingConfig, epoch: int, rank: int,
                     world_size: int) -> tuple[float, float]:
     model.train()
-    generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(labels), generator=generator)
     shard = order[: len(order) - len(order) % world_size][rank::world_size].to(images.device)
-    device_generator = torch.Generator(device=images.device).manual_seed(args.seed * 1000 + epoch * 16 + rank)
-    batches = shard.split(args.batch_size)
+    device_generator = torch.Generator(device=images.device).manual_seed(config.seed * 1000 + epoch * 16 + rank)
+    batches = shard.split(config.batch_size)
     total_loss = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device)
-    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch", disable=rank != 0,
+    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=rank != 0,
                     leave=False)
-    mix_generator = torch.Generator().manual_seed(args.seed * 1000 + epoch * 16 + rank + 1)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    mix_generator = torch.Generator().manual_seed(config.seed * 1000 + epoch * 16 + rank + 1)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     for step, index in enumerate(progress):
-        pixels = augment(images[index].unsqueeze(1).float(), device_generator)
-        pixels, partner_labels, lam = mix_batch(pixels, labels[index], args, mix_generator)
-        if args.consistency > 0:  # the same faces re-framed, in the same batch
-            pixels = torch.cat([pixels, reframe(pixels, device_generator, tuple(args.reframe_scale),
-                                                args.reframe_shift, args.reframe_rotation)])
-        with autocast(images.device, args.precision):
+        pixels = augment(images[index].unsqueeze(1).float(), device_generator, config.aug_rotation, config.aug_shift,
+                         config.aug_scale, config.erasing)
+        pixels, partner_labels, lam = mix_batch(pixels, labels[index], config, mix_generator)
+        if config.consistency > 0:  # the same faces re-framed, in the same batch
+            pixels = torch.cat([pixels, reframe(pixels, device_generator, config.reframe_scale,
+                                                config.reframe_shift, config.reframe_rotation)])
+        with autocast(images.device, config.precision):
             logits = model(pixels.contiguous(memory_format=memory_format))
-            if args.consistency > 0:
+            if config.consistency > 0:
                 logits, reframed_logits = logits.chunk(2)
-            loss = lam * F.cross_entropy(logits, labels[index], label_smoothing=args.label_smoothing)
+            loss = lam * F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
             if lam < 1:
-                loss = loss + (1 - lam) * F.cross_entropy(logits, partner_labels, label_smoothing=args.label_smoothing)
-            if args.consistency > 0:
-                loss = loss + args.consistency * jensen_shannon(logits, reframed_logits)
+                loss = loss + (1 - lam) * F.cross_entropy(logits, partner_labels, label_smoothing=config.label_smoothing)
+            if config.consistency > 0:
+                loss = loss + config.consistency * jensen_shannon(logits, reframed_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -206,7 +207,7 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
         total_loss += loss.detach() * len(index)
         correct += (logits.argmax(1) == labels[index]).sum()
         if step % 10 == 0:
-            seen = min((step + 1) * args.batch_size, len(shard))
+            seen = min((step + 1) * config.batch_size, len(shard))
             progress.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
     if world_size > 1:
         dist.all_reduce(total_loss)
@@ -239,12 +240,12 @@ def holdout_split(train: data_module.FaceData, fraction: float, seed: int):
     return pick(order[cut:], "train"), pick(order[:cut], "val")
 
 
-def load_data(args: argparse.Namespace):
-    train = data_module.load_split(args.data, "train", args.input_size)
-    if data_module.has_split(args.data, "val"):
-        return train, data_module.load_split(args.data, "val", args.input_size)
-    print(f"{args.data} has no validation split: holding out {args.val_fraction:.0%} of train")
-    return holdout_split(train, args.val_fraction, args.seed)
+def load_data(config: TrainingConfig):
+    train = data_module.load_split(config.data, "train", config.input_size)
+    if data_module.has_split(config.data, "val"):
+        return train, data_module.load_split(config.data, "val", config.input_size)
+    print(f"{config.data} has no validation split: holding out {config.val_fraction:.0%} of train")
+    return holdout_split(train, config.val_fraction, config.seed)
 
 
 def save_atomically(state: dict, path: Path) -> None:
@@ -261,21 +262,6 @@ def write_history(history: list[dict], out: Path) -> None:
         writer.writeheader()
         writer.writerows(history)
     plot_history(history, out / "history.png")
-
-
-def training_config(args: argparse.Namespace, device: torch.device, world_size: int,
-                    parent: ParentWeights | None = None) -> TrainingConfig:
-    return TrainingConfig(data=args.data, architecture=args.architecture, epochs=args.epochs,
-                          image_size=args.image_size,
-                          batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                          weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup,
-                          cutmix=args.cutmix, consistency=args.consistency, reframe_scale=tuple(args.reframe_scale),
-                          reframe_shift=args.reframe_shift, reframe_rotation=args.reframe_rotation,
-                          ema_decay=args.ema_decay,
-                          weights=args.weights, seed=args.seed,
-                          device=device.type, world_size=world_size, precision=args.precision,
-                          channels_last=args.channels_last, tta=args.tta, machine=describe_machine(device),
-                          parent=parent)
 
 
 def describe_machine(device: torch.device) -> str:
@@ -305,59 +291,83 @@ def check_resume(saved: dict, config: TrainingConfig, path: Path) -> None:
 
 
 def check_data_size(train_data: data_module.FaceData, val_data: data_module.FaceData,
-                    args: argparse.Namespace, world_size: int) -> None:
+                    config: TrainingConfig, world_size: int) -> None:
     per_process = len(train_data) // world_size
-    if per_process < args.batch_size:
+    if per_process < config.batch_size:
         raise data_module.DataError(
-            f"{args.data}: {len(train_data)} training image(s) is fewer than one batch of {args.batch_size}"
+            f"{config.data}: {len(train_data)} training image(s) is fewer than one batch of {config.batch_size}"
             f"{f' per process ({world_size} processes)' if world_size > 1 else ''}; "
             "use more data or a smaller --batch-size")
     if len(val_data) == 0:
-        raise data_module.DataError(f"{args.data}: the validation split is empty")
+        raise data_module.DataError(f"{config.data}: the validation split is empty")
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                               weight_decay=args.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def train(args: argparse.Namespace) -> None:
-    device, rank, world_size = setup_device(args.device)
-    args.precision = resolve_precision(args.precision, device)
-    args.channels_last = args.precision == "bf16" or device.type == "cuda"
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    model, parent = initial_model(args)  # before the data: a wrong --weights stops at once
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, steps_per_epoch: int):
+    """Stepped once per batch: one-cycle, or linear warm-up then cosine decay to 0 (SGDR without restarts)."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    warmup, total = round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch
 
-    train_data, val_data = load_data(args)
-    check_data_size(train_data, val_data, args, world_size)
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_config(config: TrainingConfig, device: torch.device, world_size: int,
+                   parent: ParentWeights | None) -> TrainingConfig:
+    """The config as it runs here: `auto` choices resolved, and where it runs recorded."""
+    precision = resolve_precision(config.precision, device)
+    return config.model_copy(update={
+        "device": device.type, "precision": precision, "channels_last": precision == "bf16" or device.type == "cuda",
+        "world_size": world_size, "machine": describe_machine(device), "parent": parent})
+
+
+def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
+    """Train `config` into the run directory `out` (continuing its checkpoint with `resume`), then evaluate the
+    best epoch and export it there."""
+    device, rank, world_size = setup_device(config.device)
+    torch.manual_seed(config.seed)
+    out = Path(out)
+    model, parent = initial_model(config)  # before the data: a wrong --weights stops at once
+    config = resolve_config(config, device, world_size, parent)
+
+    train_data, val_data = load_data(config)
+    check_data_size(train_data, val_data, config, world_size)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        print(f"data {args.data}: {len(train_data)} train, {len(val_data)} val images; device {device}"
-              f"{f' x {world_size} processes' if world_size > 1 else ''}; precision {args.precision}"
-              f"{' + channels_last' if args.channels_last else ''}"
-              f"{'' if device.type == 'cuda' or args.precision == 'bf16' else ' (this CPU has no bf16 instructions)'}")
+        print(f"data {config.data}: {len(train_data)} train, {len(val_data)} val images; device {device}"
+              f"{f' x {world_size} processes' if world_size > 1 else ''}; precision {config.precision}"
+              f"{' + channels_last' if config.channels_last else ''}"
+              f"{'' if device.type == 'cuda' or config.precision == 'bf16' else ' (this CPU has no bf16 instructions)'}"
+              f"; run directory {out.resolve()}")
     train_images, train_labels = train_data.images.to(device), train_data.labels.to(device)
     val_images, val_labels = val_data.images.to(device), val_data.labels.to(device)
 
     model = model.to(device)
-    if args.channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Weight EMA (BatchNorm statistics too), evaluated every epoch beside the raw weights.
-    ema = AveragedModel(model, avg_fn=ema_average(args.ema_decay), use_buffers=True) if args.ema_decay > 0 else None
+    ema = (AveragedModel(model, avg_fn=ema_average(config.ema_decay), use_buffers=True)
+           if config.ema_decay > 0 else None)
     trainer = _Logits(model)
     if world_size > 1:
         trainer = DistributedDataParallel(trainer, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, args)
-    steps_per_epoch = -(-(len(train_labels) // world_size) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15)
-    config = training_config(args, device, world_size, parent)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, -(-(len(train_labels) // world_size) // config.batch_size))
     history: list[dict] = []
     best_accuracy, start_epoch = -1.0, 0
-    if args.resume and (out / CHECKPOINT_FILE).exists():
+    if resume and (out / CHECKPOINT_FILE).exists():
         state = torch.load(out / CHECKPOINT_FILE, map_location=device, weights_only=True)
         check_resume(state["config"], config, out / CHECKPOINT_FILE)
         model.load_state_dict(state["raw_model"])
@@ -370,11 +380,11 @@ def train(args: argparse.Namespace) -> None:
             print(f"resumed from {out / CHECKPOINT_FILE} after epoch {start_epoch}")
 
     started = time.perf_counter()
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, config.epochs):
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = train_one_epoch(trainer, optimizer, scheduler, ema, train_images,
-                                                     train_labels, args, epoch, rank, world_size)
+                                                     train_labels, config, epoch, rank, world_size)
         val_loss, val_confusion, _ = evaluate(model, val_images, val_labels)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
                "val_loss": round(val_loss, 5), "val_accuracy": round(accuracy(val_confusion), 5), "lr": lr}
@@ -392,10 +402,11 @@ def train(args: argparse.Namespace) -> None:
         if rank != 0:
             continue
         averaged = f" (EMA {row['ema_val_accuracy']:.4f})" if ema is not None else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
-              f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{averaged} | {row['seconds']:.1f}s")
-        state = {"model": candidate.state_dict(), "config": config.model_dump(), "input_size": args.input_size,
-                 "architecture": args.architecture, "classes": list(CLASSES), "epoch": epoch, "weights": weights,
+        print(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
+              f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}{averaged} | {row['seconds']:.1f}s",
+              flush=True)
+        state = {"model": candidate.state_dict(), "config": config.model_dump(), "input_size": config.input_size,
+                 "architecture": config.architecture, "classes": list(CLASSES), "epoch": epoch, "weights": weights,
                  "val_accuracy": candidate_accuracy}
         if candidate_accuracy > best_accuracy:
             best_accuracy = candidate_accuracy
@@ -407,7 +418,7 @@ def train(args: argparse.Namespace) -> None:
 
     if rank == 0:
         print(f"trained in {time.perf_counter() - started:.1f}s; best validation accuracy {best_accuracy:.4f}")
-        finish(out, val_data, device, args.tta)
+        finish(out, val_data, device, config.tta)
     if world_size > 1:
         dist.destroy_process_group()
 
