@@ -1,6 +1,5 @@
 """The app factory: settings in, FastAPI app out; the model is loaded and warmed up at start."""
 
-import asyncio
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -9,11 +8,9 @@ from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.cors import CORSMiddleware
 
-from service.admission import ExplanationPool
-from service.batching import DynamicBatcher
+from service.dataplane import DataPlane
 from service.errors import install_error_handlers, install_openapi
 from service.metrics import Metrics, MetricsMiddleware
-from service.model import FerModel
 from service.routers import explain, health, model, predict, v2
 from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
@@ -30,20 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        fer_model = FerModel(settings, metrics)
-        fer_model.load()
-        batcher = DynamicBatcher(fer_model.predict, settings.max_batch_size, settings.batch_wait_ms / 1000,
-                                 settings.queue_limit, metrics)
-        batcher.start()
-        app.state.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)  # of this event loop
-        explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, app.state.draining)
-        app.state.model, app.state.batcher, app.state.explanations = fer_model, batcher, explanations
-        info = fer_model.info()
+        plane = app.state.plane
+        plane.start()
+        info = plane.model.info()
         logger.info("serving %s %s on %s with %s", info.name, info.version, info.device, info.backend)
         yield
-        fer_model.ready = False  # /readyz turns 503 while the queue drains
-        explanations.close()
-        await batcher.close()
+        await plane.close()  # readiness turns not-ready while the queue drains
         logger.info("drained and stopped")
 
     # /docs: Swagger UI served from the fastapi-offline package, so it works offline. No /redoc: ReDoc's page
@@ -55,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.api_keys = api_keys
-    app.state.draining = threading.Event()  # set by the server on SIGTERM: /readyz turns 503 at once
+    app.state.draining = threading.Event()  # set by the server on SIGTERM: every readiness probe fails at once
+    app.state.plane = DataPlane(settings, metrics, app.state.draining)
     for router in (predict.router, explain.router, model.router, health.router, v2.router):
         app.include_router(router)
     add_web_page(app)

@@ -13,7 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from schemas.api import ErrorResponse, ImagesRequest, ProtocolErrorResponse
 from service.admission import Busy, Draining
 from service.batching import QueueFullError, ShuttingDownError
-from service.imaging import excerpt
+from service.dataplane import NotReady
+from service.imaging import ImageError, excerpt
 from service.oip import ProtocolError
 from service.parameters import InvalidParameter
 from service.runtime.explain import Cancelled
@@ -72,6 +73,14 @@ async def invalid_parameter(request: Request, error: InvalidParameter) -> JSONRe
     return error_response(request, 400 if error_key(request.url.path) == "error" else error.status, str(error))
 
 
+async def image_error(request: Request, error: ImageError) -> JSONResponse:
+    return error_response(request, error.status, str(error))
+
+
+async def not_ready(request: Request, error: NotReady) -> JSONResponse:
+    return error_response(request, 503, str(error), {"Retry-After": "1"})
+
+
 async def unavailable(request: Request, error: Exception) -> JSONResponse:
     """Explanation slots full, work cancelled, the queue full or the service draining: retry shortly."""
     return error_response(request, 503, f"try again shortly: {error}", {"Retry-After": "1"})
@@ -83,6 +92,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ProtocolError, protocol_error)
     app.add_exception_handler(InvalidParameter, invalid_parameter)
+    app.add_exception_handler(ImageError, image_error)
+    app.add_exception_handler(NotReady, not_ready)
     for error in (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError):
         app.add_exception_handler(error, unavailable)
 

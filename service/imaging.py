@@ -1,5 +1,7 @@
 """Decoding uploaded images and drawing explanation images (heat maps, overlays, grids) as PNG."""
 
+import base64
+import binascii
 import io
 import math
 from collections.abc import Callable
@@ -28,6 +30,25 @@ NAME_EXCERPT = 80  # characters of a client's filename quoted back in messages
 def excerpt(text: str, limit: int = NAME_EXCERPT) -> str:
     """A client's text, cut short enough to quote back in an error message."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """Before anything is decoded: one request's images are bounded."""
+    if count > limit:
+        raise ImageError(f"too many images: {count} in one request, the limit is {limit}", status=413)
+
+
+def decode_base64(name: str, text: str | bytes) -> bytes:
+    """An image sent as base64 text (a data URL too), as JSON bodies of both protocols send them."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    if text.startswith("data:") and "," in text[:100]:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{excerpt(name)}: not valid base64: images sent as JSON must be base64 (or send "
+                         "binary data)") from None
 
 
 def decode_image(data: bytes, filename: str, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:

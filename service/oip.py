@@ -9,6 +9,7 @@ Nothing in here knows about FastAPI or the model: bytes in, numpy arrays out, an
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,3 +278,20 @@ def _to_binary(datatype: str, array: np.ndarray) -> bytes:
     if datatype == "BYTES":
         return b"".join(struct.pack("<I", len(value)) + value for value in array.reshape(-1))
     return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A body as the client compressed it (tritonclient's request_compression_algorithm), inflated up to `limit`."""
+    encoding = encoding.strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none", status=415)
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise ProtocolError(f"the {encoding} body cannot be inflated ({error})") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise ProtocolError(f"the inflated request body exceeds the limit of {limit} bytes", status=413)
+    return inflated

@@ -1,18 +1,14 @@
-"""What the REST routes and the Open Inference Protocol's share about an explanation request: the target class,
-the filter views' checks, the cost budgets, and how an uncached filter view is computed within them. A bad value
+"""The checks of an explanation request's parameters that the data plane applies whichever protocol carried
+them: the target class, Grad-CAM's layer, the filter views' limits and the saliency cost budget. A bad value
 raises InvalidParameter, which service/errors.py answers 422 (404 for an unknown layer) on the service's routes
 and 400 under /v2."""
 
 import re
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-
-from service.admission import ExplanationPool
 from service.imaging import excerpt
 from service.model import FerModel
 from service.runtime.explain import METHODS
-from service.runtime.filters import FilterRequest, FilterResult
+from service.runtime.filters import FilterRequest
 from service.settings import Settings
 
 
@@ -86,16 +82,12 @@ def checked_filter_request(model: FerModel, settings: Settings, layer: str, filt
     return FilterRequest.make(model.explainer, layer, filters, mode, steps, size)
 
 
-async def filter_views(request: Request, model: FerModel, pool: ExplanationPool, filter_request: FilterRequest,
-                       budget: int) -> tuple[FilterResult, bool]:
-    """The visualisation and whether it was cached; computed, within the budget and an explanation slot, when
-    it was not."""
-    result = await run_in_threadpool(model.cached_filters, filter_request)
-    if result is not None:
-        return result, True
-    if filter_request.cost() > budget:
-        raise InvalidParameter(f"{len(filter_request.filters)} filters x {filter_request.steps} steps x "
-                               f"{filter_request.size}^2 pixels = {filter_request.cost()} exceeds the budget of "
-                               f"{budget} per request: ask for fewer filters, steps or a smaller size")
-    with pool.admitted() as ticket:
-        return await pool.run(ticket, request, model.filters, filter_request), False
+def check_integer(parameters: dict, key: str, default: int, low: int, high: int | None = None) -> int:
+    """An integer parameter sent as JSON (a number, or ASCII digits: not str.isdigit, which takes '²')."""
+    value = parameters.get(key, default)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InvalidParameter(f"parameter {key!r} must be an integer {bounds}, got {value!r}")
+    return value

@@ -1,8 +1,5 @@
 """Reading images out of a request: multipart `files` (repeatable) or JSON `{"images": [base64, ...]}`."""
 
-import base64
-import binascii
-
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -14,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from schemas.api import ImagesRequest
 from service.errors import validation_message
 from service.errors import error_key
-from service.imaging import excerpt
+from service.imaging import check_image_count, decode_base64, excerpt
 
 # Starlette's multipart parser answers 400 with these messages when a form has more parts than allowed.
 TOO_MANY_PARTS = ("Too many files", "Too many fields")
@@ -48,22 +45,12 @@ async def _read_uploads(request: Request, max_images: int) -> list[tuple[str, by
         names = body.filenames or [f"image{i}" for i in range(len(body.images))]
         if len(names) != len(body.images):
             raise HTTPException(422, f"{len(names)} filenames for {len(body.images)} images")
-        if len(body.images) > max_images:  # before decoding any of them
-            raise HTTPException(413, f"too many images: {len(body.images)} in one request, the limit is {max_images}")
-        files = [(name, _b64decode(name, text)) for name, text in zip(names, body.images)]
+        check_image_count(len(body.images), max_images)  # before decoding any of them
+        files = [(name, decode_base64(name, text)) for name, text in zip(names, body.images)]
     else:
         raise HTTPException(415, f"unsupported content type {excerpt(content_type) or '(none)'!r}: send multipart/form-data "
                                  "with `files` fields, or application/json with {\"images\": [base64, ...]}")
     return files
-
-
-def _b64decode(name: str, text: str) -> bytes:
-    if "," in text[:100] and text.startswith("data:"):  # a data URL
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"{excerpt(name)}: not valid base64") from None
 
 
 async def _form(request: Request, max_images: int):

@@ -99,15 +99,15 @@ def test_multi_frame_images_use_their_first_frame(client):
 
 
 def test_small_face_crops_are_decoded_on_the_event_loop_and_larger_images_on_threads(client, monkeypatch):
-    import service.deps
+    import service.dataplane
 
-    handed, to_thread = [], service.deps.run_in_threadpool
+    handed, to_thread = [], service.dataplane.run_in_threadpool
 
     async def counted(function, *args):
         handed.append(function)
         return await to_thread(function, *args)
 
-    monkeypatch.setattr(service.deps, "run_in_threadpool", counted)
+    monkeypatch.setattr(service.dataplane, "run_in_threadpool", counted)
     crop = face_bytes("happy", seed=0)
     assert pixels_declared(crop) == 48 * 48 and pixels_declared(b"not an image") is None
     assert client.post("/predict?faces=none", files=upload(crop)).status_code == 200

@@ -124,7 +124,7 @@ def test_service_explanations_leave_weight_gradients_none(client):
         response = client.post(f"/saliency?method={method}&format=json", files=upload(face_bytes("happy")))
         assert response.status_code == 200, (method, response.text)
     assert client.get("/filters/layer3.0.conv2?filters=0-1&steps=3&format=json").status_code == 200
-    model = client.app.state.model
+    model = client.app.state.plane.model
     assert all(parameter.grad is None for parameter in model.explainer.model.parameters())
 
 

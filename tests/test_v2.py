@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from schemas.labels import CLASSES
 from service.app import create_app
 from service.imaging import decode_image
-from service.routers.v2 import PLATFORMS
+from service.oip_models import PLATFORMS
 from service.settings import Settings
 
 from .images import face_bytes
@@ -231,6 +231,20 @@ def test_saliency_model_matches_the_saliency_endpoint(client, http):
     assert result.as_numpy("target").tolist() == [CLASSES.index("happy")] * 3
 
 
+def test_saliency_model_honours_the_gradcam_layer_as_the_saliency_endpoint_does(client, http):
+    data = images()[:2]
+    maps = {}
+    for layer in ("layer3", "layer4"):
+        parameters = {"method": "gradcam", "layer": layer}
+        maps[layer] = client.infer(f"{MODEL}-saliency", [bytes_input(data)], parameters=parameters).as_numpy("saliency")
+        rest = rest_saliency(http, data, **parameters)
+        np.testing.assert_allclose(maps[layer], [m["saliency"] for m in rest], rtol=0, atol=5.1e-5)
+    assert np.abs(maps["layer3"] - maps["layer4"]).max() > 1e-3  # layer3's map is not layer4's
+    response = raw_infer(http, f"{MODEL}-saliency", {**face_header(1, 2304), "parameters": {
+        "method": "vanilla", "layer": "layer3"}}, bytes(2304))
+    assert response.status_code == 400 and "layer applies to" in response.json()["error"]
+
+
 def test_filters_model_matches_the_filters_endpoint(client, http):
     def infer(layer: str, indices: list[int], **parameters):
         name = triton.InferInput("layer", [1], "BYTES")
@@ -334,6 +348,8 @@ BAD_REQUESTS = {
         **face_header(1, 2304), "parameters": {"target": "joy"}}, bytes(2304))),
     "non-ASCII digit target": (400, "unknown target '²'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
         **face_header(1, 2304), "parameters": {"target": "²"}}, bytes(2304))),  # '²' passes str.isdigit
+    "unknown Grad-CAM layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
+        **face_header(1, 2304), "parameters": {"method": "gradcam", "layer": "layer9"}}, bytes(2304))),
     "unknown layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-filters", {"inputs": [
         {"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["layer9"]},
         {"name": "filters", "datatype": "INT32", "shape": [1], "data": [0]}]})),

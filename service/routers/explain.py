@@ -1,9 +1,8 @@
 import re
-import time
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -16,19 +15,10 @@ from schemas.api import (
     LayersResponse,
     SaliencyResponse,
 )
-from service.admission import ExplanationPool, Ticket
-from service.deps import Uploaded, explanation_ticket, get_model, get_photos, get_pool, get_settings
+from service.dataplane import SaliencyQuery
+from service.deps import Plane, ServedModel, UploadReader, get_settings
 from service.imaging import ImageError, annotate, excerpt, grid, grid_size, heatmap, png_bytes, side_by_side
-from service.model import FerModel
-from service.parameters import (
-    InvalidParameter,
-    check_layer,
-    check_saliency_cost,
-    check_saliency_layer,
-    checked_filter_request,
-    filter_views,
-    parse_target,
-)
+from service.parameters import InvalidParameter, check_layer
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
@@ -41,48 +31,35 @@ MethodName = Literal[tuple(METHODS)]  # the registry is the one list of methods
 
 
 @router.post("/saliency", response_model=SaliencyResponse, openapi_extra=IMAGES_BODY, responses={**ERRORS, **PNG})
-async def saliency(request: Request, method: MethodName = Query("vanilla", description="; ".join(
+async def saliency(request: Request, read: UploadReader, plane: Plane, model: ServedModel,
+                   settings: Settings = Depends(get_settings),
+                   method: MethodName = Query("vanilla", description="; ".join(
                        f"{name}: {m.description}" for name, m in METHODS.items())),
                    target: str | None = Query(None, description="Class name or index; default: the predicted class"),
                    layer: str | None = Query(None, description="Layer for gradcam and guided_gradcam (e.g. "
                                                                "layer3, layer4.1.conv2); default: layer4"),
                    format: Literal["png", "overlay", "json"] = "png",
-                   scale: int = Query(4, ge=1, le=16, description="Enlargement of PNG tiles"),
-                   ticket: Ticket = Depends(explanation_ticket), uploaded: Uploaded = Depends(get_photos),
-                   model: FerModel = Depends(get_model), pool: ExplanationPool = Depends(get_pool),
-                   settings: Settings = Depends(get_settings)):
+                   scale: int = Query(4, ge=1, le=16, description="Enlargement of PNG tiles")):
     """Where the model looks: one map per face (faces found as by /predict), all computed as one batch.
 
     png: the faces' maps left to right; overlay: each photo with every face's map drawn at its box, with the
     box and the predicted label (photos side by side); json: the maps per image and face. Admitted before its
     images are decoded (503 when the explanation slots are full). `GET /explanations` lists the methods with
     their measured faithfulness."""
-    crops = uploaded.crops
-    check_saliency_cost(model, method, len(crops), settings.max_explanation_passes)
-    target_index = parse_target(target, model.classes)
-    if layer is not None and not METHODS[method].uses_layer:
-        raise InvalidParameter(f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} only")
-    if layer is not None:
-        check_saliency_layer(model, layer)
-    if format == "png" and len(crops):  # refuse an oversized picture before any work
-        side = model.explainer.model.image_size
-        try:
-            grid_size(len(crops), (side, side), len(crops), scale, settings.max_png_pixels)
-        except ImageError as error:
-            raise HTTPException(error.status, str(error)) from None
-    started = time.perf_counter()
-    maps = np.zeros((0, 1, 1), dtype=np.float32)
-    targets, predicted, confidence = [], [], []
-    if len(crops):
-        result = await pool.run(ticket, request, model.saliency, crops, method, target_index, layer)
-        maps, targets = result[0].numpy(), result[1].tolist()
-        predicted = result[2].argmax(1).tolist()
-        confidence = result[2].max(1).values.tolist()
-    classes = model.classes
-    model.metrics.images.labels("/saliency").inc(len(crops))
-    timing = {"decode": round(uploaded.decode_ms, 3), "explain": round((time.perf_counter() - started) * 1000, 3)}
+    side = model.explainer.model.image_size
+
+    def fits_the_picture(faces: int) -> None:  # refuse an oversized picture before any work
+        if format == "png" and faces:
+            grid_size(faces, (side, side), faces, scale, settings.max_png_pixels)
+
+    result = await plane.saliency(read, SaliencyQuery(method, target, layer), "/saliency", request,
+                                  keep_upright=True, check_faces=fits_the_picture)
+    classes, maps, targets = model.classes, result.maps, result.targets
+    predicted = result.probabilities.argmax(1).tolist()
+    confidence = result.probabilities.max(1).tolist() if len(predicted) else []
     if format == "json":
-        rows = iter(range(len(crops)))
+        timing = {"decode": round(result.uploaded.decode_ms, 3), "explain": round(result.explain_ms, 3)}
+        rows = iter(range(len(maps)))
         images = [ImageSaliency(filename=photo.filename, width=photo.width, height=photo.height,
                                 faces_truncated=photo.truncated, reason=photo.reason, faces=[
                                     FaceSaliency(**face_fields(face), target=classes[targets[i]],
@@ -90,14 +67,11 @@ async def saliency(request: Request, method: MethodName = Query("vanilla", descr
                                                  confidence=confidence[i], height=maps[i].shape[0],
                                                  width=maps[i].shape[1], saliency=maps[i].round(decimals=4).tolist())
                                     for face, i in zip(photo.faces, rows)])
-                  for photo in uploaded.photos]
+                  for photo in result.uploaded.photos]
         return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, images=images)
     labels = [classes[p] for p in predicted]
-    try:
-        content = await run_in_threadpool(_saliency_png, uploaded.photos, maps, labels, format == "overlay", scale,
-                                          settings.max_png_pixels)
-    except ImageError as error:
-        raise HTTPException(error.status, str(error)) from None
+    content = await run_in_threadpool(_saliency_png, result.uploaded.photos, maps, labels, format == "overlay", scale,
+                                      settings.max_png_pixels)
     return Response(content, media_type="image/png", headers={
         "X-Targets": ",".join(classes[t] for t in targets), "X-Predicted": ",".join(labels)})
 
@@ -115,7 +89,7 @@ def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over
 
 
 @router.get("/filters", response_model=LayersResponse, responses={503: ERRORS[503]})
-async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
+async def layers(model: ServedModel) -> LayersResponse:
     """The convolution layers whose filters can be shown, by the network's own module names."""
     return LayersResponse(layers=[
         LayerInfo(name=name, filters=conv.weight.shape[0], kernel_size=list(conv.weight.shape[2:]),
@@ -123,34 +97,35 @@ async def layers(model: FerModel = Depends(get_model)) -> LayersResponse:
 
 
 @router.get("/filters/{layer}", response_model=FiltersResponse, responses={**ERRORS, **PNG})
-async def filters(request: Request, layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
-                  filters: str = Query(f"{DEFAULT_FILTERS[0]}-{DEFAULT_FILTERS[-1]}", description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
+async def filters(request: Request, plane: Plane, model: ServedModel, settings: Settings = Depends(get_settings),
+                  layer: str = Path(description="e.g. conv1, layer1.0.conv1, layer4.1.conv2"),
+                  filters: str = Query(f"{DEFAULT_FILTERS[0]}-{DEFAULT_FILTERS[-1]}",
+                                       description="Indices and ranges, e.g. 0-15 or 0,3,8-11"),
                   mode: FilterMode = "activation",
                   steps: int = Query(DEFAULT_STEPS, ge=1, description="Gradient-ascent steps"),
                   size: int = Query(DEFAULT_SIZE, ge=SIZES[0], le=SIZES[1], description="Side of the generated images"),
                   format: Literal["png", "json"] = "png",
                   scale: int = Query(2, ge=1, le=16, description="Enlargement of PNG tiles"),
-                  columns: int = Query(8, ge=1, le=64),
-                  model: FerModel = Depends(get_model), settings: Settings = Depends(get_settings),
-                  pool: ExplanationPool = Depends(get_pool)):
+                  columns: int = Query(8, ge=1, le=64)):
     """The inputs that most activate each filter (gradient ascent), or conv1's raw kernels (mode=weights)."""
     check_layer(model, layer)  # an unknown path is a 404 whatever the query says
     indices = _parse_filters(filters, settings.max_filters_per_request)
-    filter_request = checked_filter_request(model, settings, layer, indices, mode, steps, size)
-    if format == "png":  # refuse an oversized picture before any work
-        try:
-            grid_size(len(indices), (filter_request.size, filter_request.size), columns, scale, settings.max_png_pixels)
-        except ImageError as error:
-            raise HTTPException(error.status, str(error)) from None
-    result, cached = await filter_views(request, model, pool, filter_request, settings.max_filter_cost)
+
+    def fits_the_picture(side: int) -> None:  # refuse an oversized picture before any work
+        if format == "png":
+            grid_size(len(indices), (side, side), columns, scale, settings.max_png_pixels)
+
+    filtered = await plane.filters(layer, indices, mode, steps, size, request, check_request=fits_the_picture)
+    result, cached = filtered.result, filtered.cached
     if format == "json":
-        return FiltersResponse(layer=layer, mode=mode, steps=filter_request.steps, size=filter_request.size,
+        return FiltersResponse(layer=layer, mode=mode, steps=filtered.request.steps, size=filtered.request.size,
                                cached=cached, filters=[
             FilterImage(filter=index, activation=float(activation), image=image.round(decimals=4).tolist())
             for index, image, activation in zip(indices, result.images, result.activations)])
     tiles = [(image * 255).astype(np.uint8) for image in result.images]
     content = await run_in_threadpool(lambda: png_bytes(grid(tiles, columns, scale, settings.max_png_pixels)))
-    return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss", "X-Filters": ",".join(map(str, indices))})
+    return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss",
+                                                              "X-Filters": ",".join(map(str, indices))})
 
 
 FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters

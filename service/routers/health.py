@@ -22,12 +22,11 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the model is loaded, verified and warmed up, and the service is not draining (503 from the
     moment SIGTERM arrives; shortly after, the listener closes)."""
-    model = getattr(request.app.state, "model", None)
-    if request.app.state.draining.is_set():
-        return JSONResponse({"status": "draining"}, status_code=503)
-    if model is None or not model.ready:
-        return JSONResponse({"status": "not ready"}, status_code=503)
-    return JSONResponse({"status": "ready", "model": model.info().model_dump()})
+    plane = request.app.state.plane
+    status = plane.readiness()
+    if status != "ready":
+        return JSONResponse({"status": status}, status_code=503)
+    return JSONResponse({"status": status, "model": plane.model.info().model_dump()})
 
 
 @router.get(METRICS_PATH, response_class=Response,

@@ -1,0 +1,254 @@
+"""The data plane: a request's steps and the service's rules, whichever protocol carried the request (as KServe's
+`DataPlane` under its REST and v2 handlers, or LitServe's `LitAPI` under its specs).
+
+REST routes and the Open Inference Protocol's adapters parse their protocol, call one method here and encode the
+answer. The plane owns the model, the decode slots, the dynamic batcher, the admission of explanation work, the cost
+budgets, draining, readiness and the image counters. It raises typed errors (`ImageError`, `InvalidParameter`,
+`NotReady`, the batcher's and the pool's), which service/errors.py alone maps to statuses; nothing here knows HTTP.
+"""
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from service.admission import ExplanationPool
+from service.batching import DynamicBatcher
+from service.imaging import check_image_count, pixels_declared
+from service.metrics import Metrics
+from service.model import FerModel
+from service.parameters import (
+    InvalidParameter,
+    check_saliency_cost,
+    check_saliency_layer,
+    checked_filter_request,
+    parse_target,
+)
+from service.runtime.explain import METHODS
+from service.runtime.filters import FilterRequest, FilterResult
+from service.runtime.photos import Photo
+from service.settings import Settings
+
+# Face crops sent whole (faces=none) of at most this many pixels in all decode on the event loop: in well under a
+# millisecond, less than handing them to a worker thread and back costs (single-image /predict: 183 -> 252 img/s).
+INLINE_DECODE_PIXELS = 256 * 256
+INLINE_DECODE_BYTES = 256 * 1024
+
+
+class NotReady(RuntimeError):
+    """The model is not loaded: the service is starting or shutting down."""
+
+
+class Connection(Protocol):
+    """The client's connection, watched so that explanation work stops when the client has gone."""
+
+    async def is_disconnected(self) -> bool: ...
+
+
+@dataclass
+class Images:
+    """A request's images: encoded files (decoded here, their faces found as `faces` says), or face crops already
+    at the model's input size (uint8 N x 1 x H x W, each taken whole)."""
+
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    crops: np.ndarray | None = None
+    faces: str = "auto"
+
+
+@dataclass
+class Uploaded:
+    photos: list[Photo]  # one per decoded file, with its faces; none for crops sent as they are
+    crops: np.ndarray  # every face of every image, in order: uint8 N x 1 x H x W, one batch for the model
+    decode_ms: float
+
+
+@dataclass
+class Classified:
+    uploaded: Uploaded
+    probabilities: np.ndarray  # N x classes, a row per face
+    queue_ms: float
+    inference_ms: float
+
+
+@dataclass
+class SaliencyQuery:
+    method: str = "vanilla"
+    target: str | int | None = None  # a class name or index; None: the predicted class
+    layer: str | None = None  # Grad-CAM's layer; None: the architecture's default
+
+
+@dataclass
+class Explained:
+    uploaded: Uploaded
+    maps: np.ndarray  # float32 N x side x side
+    targets: list[int]
+    probabilities: np.ndarray  # N x classes, of the explanation's own forward pass
+    explain_ms: float
+
+
+@dataclass
+class Filtered:
+    request: FilterRequest  # as checked: its steps and size are what was computed
+    result: FilterResult
+    cached: bool
+
+
+ImageSource = Callable[[], Awaitable[Images]]  # reads a request's images once admission lets it
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, metrics: Metrics, draining: threading.Event):
+        self.settings = settings
+        self.metrics = metrics
+        self.draining = draining  # set by the server the moment SIGTERM arrives
+        self.model: FerModel | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.explanations: ExplanationPool | None = None
+        self.decode_slots: asyncio.Semaphore | None = None
+
+    # --- life and readiness ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load, verify and warm up the model; start the batcher (on the running event loop)."""
+        model = FerModel(self.settings, self.metrics)
+        model.load()
+        settings = self.settings
+        self.batcher = DynamicBatcher(model.predict, settings.max_batch_size, settings.batch_wait_ms / 1000,
+                                      settings.queue_limit, self.metrics)
+        self.batcher.start()
+        self.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)
+        self.explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, self.draining)
+        self.model = model
+
+    async def close(self) -> None:
+        """Stop taking work, cancel explanations, let the queued images through, stop."""
+        self.model.ready = False
+        self.explanations.close()
+        await self.batcher.close()
+
+    def readiness(self) -> str:
+        """`ready`, `draining` (from the moment SIGTERM arrives) or `not ready` (starting, or stopped): what every
+        readiness endpoint of every protocol answers."""
+        if self.draining.is_set():
+            return "draining"
+        return "ready" if self.model is not None and self.model.ready else "not ready"
+
+    def ready(self) -> bool:
+        return self.readiness() == "ready"
+
+    def loaded(self) -> FerModel | None:
+        """The model whose manifest can be described, ready or not (starting and draining servers describe it)."""
+        return self.model if self.model is not None and self.model.manifest is not None else None
+
+    def served(self) -> FerModel:
+        """The model, for work; NotReady while it is not loaded. Requests that arrive while the service drains
+        are still answered: their connection was accepted before the listener closed."""
+        if self.model is None or not self.model.ready:
+            raise NotReady("the model is not loaded (starting or shutting down)")
+        return self.model
+
+    # --- images --------------------------------------------------------------------------------------
+    async def decode(self, images: Images, keep_upright: bool = False) -> Uploaded:
+        """Files decoded and their faces found one after another on a worker thread, one decode slot per request,
+        so that the slots bound decodes in flight (and the memory of full-size decoded images); a request waits for
+        its slot on the event loop, where waiting holds no thread. Small face crops sent with faces=none are
+        decoded on the event loop itself (their headers say how small, before anything is decoded). Crops sent as
+        they are are used as they are. `keep_upright` keeps each decoded photo, to draw explanations on."""
+        model = self.served()
+        if images.crops is not None:
+            return Uploaded([], np.ascontiguousarray(images.crops), 0.0)
+        check_image_count(len(images.files), self.settings.max_images_per_request)
+        started = time.perf_counter()
+        if self._decodes_inline(images):
+            photos = model.preprocess(images.files, images.faces, keep_upright)
+        else:
+            async with self.decode_slots:
+                photos = await run_in_threadpool(model.preprocess, images.files, images.faces, keep_upright)
+        crops = np.concatenate([photo.crops for photo in photos])
+        return Uploaded(photos, crops, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _decodes_inline(images: Images) -> bool:
+        if images.faces != "none" or sum(len(data) for _, data in images.files) > INLINE_DECODE_BYTES:
+            return False
+        declared = [pixels_declared(data) for _, data in images.files]
+        return None not in declared and sum(declared) <= INLINE_DECODE_PIXELS
+
+    def _count(self, endpoint: str, faces: int) -> None:
+        self.metrics.images.labels(endpoint).inc(faces)
+
+    # --- the model's steps -------------------------------------------------------------------------------
+    async def classify(self, images: Images, endpoint: str) -> Classified:
+        """Probabilities for every face, through the dynamic batcher with every other request's faces (a full
+        queue or a draining batcher raises)."""
+        model = self.served()
+        uploaded = await self.decode(images)
+        probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
+        queue_ms = inference_ms = 0.0
+        if len(uploaded.crops):
+            result = await self.batcher.submit(uploaded.crops)
+            probabilities, queue_ms, inference_ms = result.probabilities, result.queue_s * 1000, result.inference_s * 1000
+        self._count(endpoint, len(uploaded.crops))
+        return Classified(uploaded, np.asarray(probabilities, dtype=np.float32), queue_ms, inference_ms)
+
+    def check_saliency_query(self, query: SaliencyQuery) -> int | None:
+        """The target's index; raises InvalidParameter for a method, target or layer the model cannot take."""
+        model = self.served()
+        if query.method not in METHODS:
+            raise InvalidParameter(f"parameter `method`: unknown saliency method {query.method!r}; expected one of "
+                                   f"{', '.join(METHODS)}")
+        if query.layer is not None and not METHODS[query.method].uses_layer:
+            raise InvalidParameter(f"layer applies to {', '.join(n for n, m in METHODS.items() if m.uses_layer)} "
+                                   "only")
+        if query.layer is not None:
+            check_saliency_layer(model, query.layer)
+        return parse_target(query.target, model.classes)
+
+    async def saliency(self, source: ImageSource, query: SaliencyQuery, endpoint: str,
+                       connection: Connection | None = None, keep_upright: bool = False,
+                       check_faces: Callable[[int], None] | None = None) -> Explained:
+        """One map per face, computed as one batch on the explanation pool. Admitted before the images are read
+        and decoded (Busy or Draining at once when the slots are full); the cost budget is checked on the faces
+        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work."""
+        model = self.served()
+        with self.explanations.admitted() as ticket:
+            uploaded = await self.decode(await source(), keep_upright)
+            target = self.check_saliency_query(query)
+            check_saliency_cost(model, query.method, len(uploaded.crops), self.settings.max_explanation_passes)
+            if check_faces is not None:
+                check_faces(len(uploaded.crops))
+            started = time.perf_counter()
+            maps, targets = np.zeros((0, 1, 1), dtype=np.float32), []
+            probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
+            if len(uploaded.crops):
+                maps, targets, probabilities = await self.explanations.run(
+                    ticket, connection, model.saliency, uploaded.crops, query.method, target, query.layer)
+                maps, targets, probabilities = maps.numpy(), targets.tolist(), probabilities.numpy()
+        self._count(endpoint, len(uploaded.crops))
+        return Explained(uploaded, maps.astype(np.float32), targets, probabilities.astype(np.float32),
+                         (time.perf_counter() - started) * 1000)
+
+    async def filters(self, layer: str, filters: tuple[int, ...], mode: str, steps: int, size: int,
+                      connection: Connection | None = None,
+                      check_request: Callable[[int], None] | None = None) -> Filtered:
+        """The filters' visualisation, and whether it was cached. Checked against the network and the limits
+        (`check_request(side)` lets the caller refuse what its answer could not carry); computed within the cost
+        budget and an explanation slot when it was not cached."""
+        model = self.served()
+        request = checked_filter_request(model, self.settings, layer, filters, mode, steps, size)
+        if check_request is not None:
+            check_request(request.size)
+        result = await run_in_threadpool(model.cached_filters, request)
+        if result is not None:
+            return Filtered(request, result, True)
+        budget = self.settings.max_filter_cost
+        if request.cost() > budget:
+            raise InvalidParameter(f"{len(request.filters)} filters x {request.steps} steps x {request.size}^2 "
+                                   f"pixels = {request.cost()} exceeds the budget of {budget} per request: ask for "
+                                   "fewer filters, steps or a smaller size")
+        with self.explanations.admitted() as ticket:
+            return Filtered(request, await self.explanations.run(ticket, connection, model.filters, request), False)

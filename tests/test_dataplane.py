@@ -1,0 +1,92 @@
+"""The data plane without HTTP: the steps and rules both protocols share, and readiness under draining."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.admission import Draining
+from service.dataplane import DataPlane, Images, NotReady, SaliencyQuery
+from service.imaging import ImageError
+from service.metrics import Metrics
+from service.parameters import InvalidParameter
+from service.settings import Settings
+
+from .images import face_bytes
+
+
+def run_plane(model_dir, steps, **settings):
+    """`steps(plane)` on a started plane, on an event loop of its own, as the app's lifespan runs it."""
+    async def main():
+        plane = DataPlane(Settings(model_dir=model_dir, device="cpu", backend="torchscript", **settings), Metrics(),
+                          threading.Event())
+        assert plane.readiness() == "not ready"
+        with pytest.raises(NotReady):
+            plane.served()
+        plane.start()
+        try:
+            return await steps(plane)
+        finally:
+            await plane.close()
+
+    return asyncio.run(main())
+
+
+def test_the_plane_classifies_explains_and_counts_without_http(model_dir):
+    async def steps(plane):
+        assert plane.ready()
+        crops = np.stack([plane.served().preprocess([("f", face_bytes("happy", seed=i))], "none")[0].crops[0]
+                          for i in range(3)])
+        classified = await plane.classify(Images(crops=crops), "test")
+        assert classified.probabilities.shape == (3, 7) and classified.uploaded.photos == []
+        decoded = await plane.classify(Images([("a.png", face_bytes("happy", seed=0))], faces="none"), "test")
+        np.testing.assert_allclose(decoded.probabilities[0], classified.probabilities[0], atol=1e-6)
+        assert plane.metrics.images.labels("test")._value.get() == 4
+
+        async def source():
+            return Images(crops=crops)
+
+        maps = {layer: (await plane.saliency(source, SaliencyQuery("gradcam", "sad", layer), "test")).maps
+                for layer in ("layer3", "layer4")}
+        assert maps["layer3"].shape == (3, 32, 32) and np.abs(maps["layer3"] - maps["layer4"]).max() > 1e-3
+        with pytest.raises(InvalidParameter, match="unknown target"):
+            await plane.saliency(source, SaliencyQuery("vanilla", "joy"), "test")
+        with pytest.raises(InvalidParameter, match="layer applies to"):
+            await plane.saliency(source, SaliencyQuery("vanilla", None, "layer3"), "test")
+        with pytest.raises(ImageError, match="too many images: 3 in one request, the limit is 2"):
+            await plane.classify(Images([("x", b"")] * 3), "test")
+        filtered = await plane.filters("conv1", (0, 1), "weights", 1, 48)
+        assert filtered.result.images.shape[0] == 2 and not filtered.cached
+
+    run_plane(model_dir, steps, max_images_per_request=2)
+
+
+def test_draining_turns_the_plane_not_ready_and_refuses_new_explanations(model_dir):
+    async def steps(plane):
+        plane.draining.set()
+        assert plane.readiness() == "draining" and not plane.ready()
+
+        async def source():
+            raise AssertionError("a draining plane reads no images for an explanation")
+
+        with pytest.raises(Draining):
+            await plane.saliency(source, SaliencyQuery(), "test")
+        # work already accepted is still answered while the queue drains
+        crops = np.zeros((1, 1, 48, 48), dtype=np.uint8)
+        assert (await plane.classify(Images(crops=crops), "test")).probabilities.shape == (1, 7)
+
+    run_plane(model_dir, steps)
+
+
+def test_every_readiness_endpoint_follows_draining(model_dir):
+    from .conftest import make_client
+
+    with make_client(model_dir) as client:
+        routes = ("/readyz", "/v2/health/ready", "/v2/models/fer-resnet18/ready")
+        assert [client.get(route).status_code for route in routes] == [200, 200, 200]
+        client.app.state.draining.set()
+        answers = [client.get(route) for route in routes]
+        assert [answer.status_code for answer in answers] == [503, 400, 400]
+        assert answers[0].json() == {"status": "draining"} and "draining" in answers[1].json()["error"]
+        client.app.state.draining.clear()  # the lifespan's shutdown drains the pool itself
