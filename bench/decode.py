@@ -1,6 +1,6 @@
 """`python -m bench.decode [--repeat N]`: what decoding one upload costs, per format and size.
 
-Two paths of the service (service/imaging.py): `decode_image` (`faces=none`: straight to the model's 48x48
+Two paths of the service (service/runtime/images.py): `decode_image` (`faces=none`: straight to the model's 48x48
 input, JPEGs decoded at reduced scale with Pillow's `draft`) and `decode_photo` (`faces=auto|detect`: an
 upright RGB copy of at most FER_PHOTO_MAX_PIXELS for the detector). Against the plain decode users write first
 (full decode, convert, resize), which is what bench/baseline.py does. The images are scikit-image's astronaut
@@ -14,7 +14,7 @@ import time
 
 from PIL import Image
 
-from service.imaging import decode_image, decode_photo
+from service.runtime.images import decode_image, decode_photo
 from service.settings import Settings
 
 SIZES = {"face 48x48": (48, 48), "photo 640x480": (640, 480), "photo 4000x3000": (4000, 3000)}

@@ -21,7 +21,7 @@ from PIL import Image
 from service.runtime.modeldir import load_manifest
 from service.runtime.tta import predict_with_tta
 from service.runtime.backends import load_backend
-from service.runtime.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
+from service.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
 from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthetic_source
 
 MIN_GT_FACE = 48

@@ -8,6 +8,8 @@ budgets, draining, readiness and the image counters. It raises typed errors (`Im
 """
 
 import asyncio
+import base64
+import binascii
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +21,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.admission import ExplanationPool
 from service.batching import DynamicBatcher
-from service.imaging import check_image_count, pixels_declared
+from service.runtime.images import ImageError, excerpt, pixels_declared
 from service.metrics import Metrics
 from service.model import FerModel
+from service.photos import Photo
 from service.parameters import (
     InvalidParameter,
     check_saliency_cost,
@@ -31,13 +34,32 @@ from service.parameters import (
 )
 from service.runtime.explain import METHODS
 from service.runtime.filters import FilterRequest, FilterResult
-from service.runtime.photos import Photo
+
 from service.settings import Settings
 
 # Face crops sent whole (faces=none) of at most this many pixels in all decode on the event loop: in well under a
 # millisecond, less than handing them to a worker thread and back costs (single-image /predict: 183 -> 252 img/s).
 INLINE_DECODE_PIXELS = 256 * 256
 INLINE_DECODE_BYTES = 256 * 1024
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """Before anything is decoded: one request's images are bounded."""
+    if count > limit:
+        raise ImageError(f"too many images: {count} in one request, the limit is {limit}", status=413)
+
+
+def decode_base64(name: str, text: str | bytes) -> bytes:
+    """An image sent as base64 text (a data URL too), as JSON bodies of both protocols send them."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    if text.startswith("data:") and "," in text[:100]:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(f"{excerpt(name)}: not valid base64: images sent as JSON must be base64 (or send "
+                         "binary data)") from None
 
 
 class NotReady(RuntimeError):

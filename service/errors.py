@@ -14,7 +14,7 @@ from schemas.api import ErrorResponse, ImagesRequest, ProtocolErrorResponse
 from service.admission import Busy, Draining
 from service.batching import QueueFullError, ShuttingDownError
 from service.dataplane import NotReady
-from service.imaging import ImageError, excerpt
+from service.runtime.images import ImageError, excerpt
 from service.oip import ProtocolError
 from service.parameters import InvalidParameter
 from service.runtime.explain import Cancelled

@@ -13,14 +13,14 @@ import torch
 
 from schemas.api import ArchitectureRow, ExplanationMethod, ModelInfo, ModelReport
 from schemas.manifest import Manifest
-from service.imaging import decode_image, decode_photo
+from service.runtime.images import decode_image, decode_photo
 from service.metrics import Metrics
 from service.runtime.backends import Backend, load_backend, resolve_device
 from service.runtime.explain import METHODS, Explainer
-from service.runtime.faces import Detector, make_detector
+from service.faces import Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
 from service.runtime.modeldir import ModelDirError, load_eager_model, load_manifest, read_json
-from service.runtime.photos import FaceOptions, FoundFace, Photo, find_faces
+from service.photos import FaceOptions, FoundFace, Photo, find_faces
 from service.runtime.tta import predict_with_tta
 from service.settings import Settings
 

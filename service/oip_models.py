@@ -12,8 +12,7 @@ from typing import get_args
 
 from schemas.manifest import Manifest
 from service import oip
-from service.dataplane import Images
-from service.imaging import check_image_count, decode_base64
+from service.dataplane import Images, check_image_count, decode_base64
 from service.oip import ProtocolError
 from service.parameters import check_integer
 from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode

@@ -5,7 +5,7 @@ and 400 under /v2."""
 
 import re
 
-from service.imaging import excerpt
+from service.runtime.images import excerpt
 from service.model import FerModel
 from service.runtime.explain import METHODS
 from service.runtime.filters import FilterRequest

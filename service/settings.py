@@ -1,5 +1,6 @@
 """All service settings, read from environment variables prefixed `FER_` (e.g. FER_MAX_BATCH_SIZE=32)."""
 
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -7,7 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.runtime.faces import DEFAULT_DETECTOR
+
+# MTCNN where facenet-pytorch is installed (`make install` and the images install it), else OpenCV's Haar
+# cascades; found without importing either, so that reading the settings loads no detector.
+DEFAULT_DETECTOR = "mtcnn" if importlib.util.find_spec("facenet_pytorch") is not None else "haar"
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from schemas.api import ImagesRequest
 from service.errors import validation_message
 from service.errors import error_key
-from service.imaging import check_image_count, decode_base64, excerpt
+from service.dataplane import check_image_count, decode_base64
+from service.runtime.images import excerpt
 
 # Starlette's multipart parser answers 400 with these messages when a form has more parts than allowed.
 TOO_MANY_PARTS = ("Too many files", "Too many fields")

@@ -15,7 +15,7 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.imaging import decode_image, decode_photo, pixels_declared
+from service.runtime.images import decode_image, decode_photo, pixels_declared
 from service.server import DrainingServer
 
 from .conftest import make_client

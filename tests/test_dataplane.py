@@ -8,7 +8,7 @@ import pytest
 
 from service.admission import Draining
 from service.dataplane import DataPlane, Images, NotReady, SaliencyQuery
-from service.imaging import ImageError
+from service.runtime.images import ImageError
 from service.metrics import Metrics
 from service.parameters import InvalidParameter
 from service.settings import Settings

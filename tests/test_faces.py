@@ -1,4 +1,4 @@
-"""Face detection and cropping (service/runtime/faces.py) and the composite scenes they are measured on."""
+"""Face detection and cropping (service/faces.py) and the composite scenes they are measured on."""
 
 import math
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.faces import match
-from service.runtime.faces import DETECTORS, DetectedFace, crop_face, detect_faces, iou, make_detector
+from service.faces import DETECTORS, DetectedFace, crop_face, detect_faces, iou, make_detector
 from tests.scenes import FER2013_VAL, MAX_FACES, fer2013_source, make_scenes, synthetic_source
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the dev extra) ships the photographs")

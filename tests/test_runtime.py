@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from schemas.labels import CLASSES
 from service.runtime.architectures import build_model
 from service.runtime.explain import METHODS, Explainer, normalise
-from service.runtime.faithfulness import deletion_insertion, randomisation_order, spearman, ssim
+from training.faithfulness import deletion_insertion, randomisation_order, spearman, ssim
 from service.runtime.modeldir import load_eager_model, load_manifest
 from service.runtime.tta import predict_with_tta, views
 from training.data import load_split

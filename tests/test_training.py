@@ -463,3 +463,11 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     resumed = build_scheduler(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr), config, 10)
     resumed.load_state_dict(scheduler.state_dict())
     assert resumed.get_last_lr() == scheduler.get_last_lr()
+
+
+def test_training_imports_neither_the_http_service_nor_face_detection():
+    code = ("import sys, training.train, training.export, training.report; "
+            "print(sorted(m for m in ('fastapi', 'starlette', 'prometheus_client', 'cv2', 'requests', "
+            "'pydantic_settings') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout.strip() == "[]"

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from schemas.labels import CLASSES
 from service.app import create_app
-from service.imaging import decode_image
+from service.runtime.images import decode_image
 from service.oip_models import PLATFORMS
 from service.settings import Settings
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from schemas.labels import CLASSES
+from service.runtime.images import ImageError, decode_image
 from training import synthetic
 
 SPLITS = ("train", "val", "test")
@@ -24,6 +25,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 FER_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 SYNTHETIC_TRAIN_SIZE = 7000
 _SYNTHETIC_SEEDS = {"train": 0, "val": 1, "test": 2}
+MAX_IMAGE_PIXELS = 100_000_000  # a training image larger than this is a mistake, not a face
 
 
 class DataError(ValueError):
@@ -54,7 +56,7 @@ def load_split(data: str, split: str, size: int = 48) -> FaceData:
     else:
         path = Path(data)
         if path.is_dir():
-            images, labels = _load_image_folders(path, split)
+            images, labels = _load_image_folders(path, split, size)
         elif path.is_file():
             images, labels = _load_csv(path, split)
         else:
@@ -102,7 +104,7 @@ def _load_synthetic(data: str, split: str) -> tuple[list[np.ndarray], list[int]]
     return list(images), labels.tolist()
 
 
-def _load_image_folders(root: Path, split: str) -> tuple[list[np.ndarray], list[int]]:
+def _load_image_folders(root: Path, split: str, size: int) -> tuple[list[np.ndarray], list[int]]:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{root}: no {split}/ folder (expected {root}/{split}/<class>/*.jpg)")
@@ -114,16 +116,17 @@ def _load_image_folders(root: Path, split: str) -> tuple[list[np.ndarray], list[
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            images.append(_read_image(file))
+            images.append(_read_image(file, size))
             labels.append(CLASSES.index(name))
     return images, labels
 
 
-def _read_image(file: Path) -> np.ndarray:
+def _read_image(file: Path, size: int) -> np.ndarray:
+    """Decoded as the service decodes uploads (EXIF rotation applied, 16-bit scans scaled to 8 bits), grey, at
+    `size` x `size`."""
     try:
-        with Image.open(file) as image:
-            return np.asarray(image.convert("L"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return decode_image(file.read_bytes(), file.name, (size, size), MAX_IMAGE_PIXELS)[0]
+    except (ImageError, OSError) as error:
         raise DataError(f"{file}: unreadable image ({error})") from None
 
 

@@ -332,7 +332,7 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
 def measure_explanations(model_dir: Path, data: str, count: int, store: bool = True) -> list[dict]:
     """The faithfulness table of every saliency method on `count` validation faces; with `store`, kept in the
     directory (role `faithfulness`, so the manifest vouches for it and the service shows it)."""
-    from service.runtime.faithfulness import faithfulness_table
+    from training.faithfulness import faithfulness_table
 
     manifest = load_manifest(model_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,12 +17,13 @@ from schemas.api import (
 )
 from service.dataplane import SaliencyQuery
 from service.deps import Plane, ServedModel, UploadReader, get_settings
-from service.imaging import ImageError, annotate, excerpt, grid, grid_size, heatmap, png_bytes, side_by_side
+from service.drawing import annotate, grid, grid_size, heatmap, png_bytes, side_by_side
+from service.runtime.images import ImageError, excerpt
 from service.parameters import InvalidParameter, check_layer
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
-from service.runtime.photos import Photo
+from service.photos import Photo
 from service.settings import Settings
 
 router = APIRouter(tags=["explain"])

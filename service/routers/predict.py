@@ -5,7 +5,7 @@ from fastapi import APIRouter, Query
 from schemas.api import ClassProbability, ErrorResponse, FaceBox, FacePrediction, ImagePrediction, PredictResponse
 from service.deps import Plane, ServedModel, UploadReader
 from service.parameters import InvalidParameter
-from service.runtime.photos import FoundFace
+from service.photos import FoundFace
 
 router = APIRouter(tags=["predict"])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from service.runtime.faces import DetectedFace, Detector, crop_face, detect_faces
+from service.faces import DetectedFace, Detector, crop_face, detect_faces
 
 
 @dataclass

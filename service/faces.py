@@ -144,10 +144,9 @@ def _grey(image: np.ndarray) -> np.ndarray:
 DETECTORS: dict[str, type] = {"haar": HaarDetector}
 if importlib.util.find_spec("facenet_pytorch") is not None:
     DETECTORS["mtcnn"] = MtcnnDetector
-DEFAULT_DETECTOR = "mtcnn" if "mtcnn" in DETECTORS else "haar"
 
 
-def make_detector(name: str = DEFAULT_DETECTOR) -> Detector:
+def make_detector(name: str) -> Detector:
     if name not in DETECTORS:
         hint = " (mtcnn needs `pip install --no-deps facenet-pytorch==2.6.0 requests`)" if name == "mtcnn" else ""
         raise ValueError(f"unknown face detector {name!r}: available are {', '.join(DETECTORS)}{hint}")
