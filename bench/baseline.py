@@ -14,14 +14,14 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from service.runtime.modeldir import load_manifest
+from service.runtime.modeldir import Artifact, load_manifest
 
 
 def create_app(model_dir: str) -> FastAPI:
     manifest = load_manifest(model_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        model = torch.jit.load(f"{model_dir}/{manifest.artifacts['torchscript'].path}").eval()
+        model = torch.jit.load(f"{model_dir}/{manifest.artifacts[Artifact.TORCHSCRIPT].path}").eval()
     size = (manifest.input.width, manifest.input.height)
     app = FastAPI()
 

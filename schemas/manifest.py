@@ -62,7 +62,7 @@ class TrainingConfig(BaseModel):
         "learning rate per step: one-cycle (rising for 15 % of the steps, then annealed), or a linear warm-up of "
         "--warmup-epochs then cosine decay to 0"))
     warmup_epochs: float = option(0.0, "--schedule cosine: epochs of linear warm-up", ge=0)
-    lr: float = option(2e-3, "peak learning rate", gt=0)
+    lr: float = option(2e-3, "peak learning rate", ge=0)
     weight_decay: float = option(0.05, "decoupled (adamw) or L2 (sgd) weight decay", ge=0)
     label_smoothing: float = option(0.1, "of the cross-entropy's targets", ge=0, lt=1)
     mixup: float = option(0.0, "mixup's Beta alpha (e.g. 0.2); 0 = off", ge=0)

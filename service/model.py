@@ -19,7 +19,7 @@ from service.runtime.backends import Backend, load_backend, resolve_device
 from service.runtime.explain import METHODS, Explainer
 from service.faces import Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
-from service.runtime.modeldir import ModelDirError, load_eager_model, load_manifest, read_json
+from service.runtime.modeldir import Artifact, ModelDirError, artifact_path, load_eager_model, load_manifest, read_json
 from service.photos import FaceOptions, FoundFace, Photo, find_faces
 from service.runtime.tta import predict_with_tta
 from service.settings import Settings
@@ -133,23 +133,22 @@ class FerModel:
 
     def report(self) -> ModelReport:
         """Architecture table, training history, confusion matrix and faithfulness, as exported."""
-        read = lambda role, default: read_json(self.model_dir, self.manifest, role, default)  # noqa: E731
+        read = lambda artifact, default: read_json(self.model_dir, self.manifest, artifact, default)  # noqa: E731
         return ModelReport(model=self.info(), manifest=self.manifest,
-                           architecture=[ArchitectureRow(**row) for row in read("architecture", [])],
-                           history=read("history", []),
-                           confusion_matrix=read("confusion_matrix", {"classes": self.classes}),
-                           faithfulness=read("faithfulness", {}).get("rows", []))
+                           architecture=[ArchitectureRow(**row) for row in read(Artifact.ARCHITECTURE, [])],
+                           history=read(Artifact.HISTORY, []),
+                           confusion_matrix=read(Artifact.CONFUSION_MATRIX, {"classes": self.classes}),
+                           faithfulness=read(Artifact.FAITHFULNESS, {}).get("rows", []))
 
     def report_page(self) -> Path | None:
         """The HTML report (model card, the five questions, the derivations) that `python -m training report`
         stored in the model directory, if it did."""
-        artifact = self.manifest.artifacts.get("report")
-        path = self.model_dir / artifact.path if artifact else None
+        path = artifact_path(self.model_dir, self.manifest, Artifact.REPORT)
         return path if path and path.is_file() else None
 
     def explanation_methods(self) -> list[ExplanationMethod]:
         measured = {row["method"]: row
-                    for row in read_json(self.model_dir, self.manifest, "faithfulness", {}).get("rows", [])}
+                    for row in read_json(self.model_dir, self.manifest, Artifact.FAITHFULNESS, {}).get("rows", [])}
         return [ExplanationMethod(name=name, description=method.description, uses_layer=method.uses_layer,
                                   faithfulness={k: v for k, v in measured[name].items() if k != "cascade"}
                                   if name in measured else None,

@@ -413,7 +413,7 @@ SHIPPED = ROOT / "training" / "pretrained" / "fer2013-resnet18.safetensors"
 
 @pytest.mark.skipif(not SHIPPED.is_file(), reason=f"no shipped weights at {SHIPPED}")
 def test_the_shipped_weights_are_the_ones_their_card_vouches_for():
-    from training.export import card_path, load_shipped_weights
+    from training.shipped import card_path, load_shipped_weights
 
     model, card = load_shipped_weights(SHIPPED)  # verifies the sha256 and that the weights fit the architecture
     assert card["file"] == SHIPPED.name and SHIPPED.stat().st_size <= 25 * 1024 * 1024

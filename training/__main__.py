@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from service.runtime.modeldir import ModelDirError
-from training.data import DataError
+from training.errors import TrainingError
 from training.options import add_options, config_from_args
 
 
@@ -77,12 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
             train(config_from_args(parser, args), args.out, args.resume)
         elif args.command == "export":
-            from training.export import (
-                export_checkpoint,
-                export_weights,
-                measure_explanations,
-                precompute_filters,
-            )
+            from training.explanations import measure_explanations, precompute_filters
+            from training.export import export_checkpoint, export_weights
 
             if args.weights:
                 manifest = export_weights(args.weights, args.out, args.data)
@@ -124,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_model_dir(args.model, args.data, args.split, args.backend, args.tta, args.device,
                                         plots=args.plots)
             if args.explanations:
-                from training.export import measure_explanations
+                from training.explanations import measure_explanations
 
                 result["faithfulness"] = measure_explanations(args.model, args.data, args.explanations, store=False)
             print(json.dumps(result, indent=2))
-    except (DataError, FileNotFoundError, ModelDirError) as error:
+    except (TrainingError, FileNotFoundError, ModelDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from schemas.labels import CLASSES
+from training.errors import TrainingError
 from service.runtime.images import ImageError, decode_image
 from training import synthetic
 
@@ -28,7 +29,7 @@ _SYNTHETIC_SEEDS = {"train": 0, "val": 1, "test": 2}
 MAX_IMAGE_PIXELS = 100_000_000  # a training image larger than this is a mistake, not a face
 
 
-class DataError(ValueError):
+class DataError(TrainingError, ValueError):
     """The data cannot be used as it is; the message says where and why."""
 
 

@@ -2,8 +2,10 @@
 the service uses."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from service.runtime.backends import load_backend, resolve_device
@@ -12,6 +14,14 @@ from service.runtime.tta import predict_with_tta
 from training.data import load_split
 from training.metrics import confusion_json, confusion_matrix, summarize
 from training.plots import plot_confusion
+
+
+def predict_batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, tta: str = "none",
+                    batch_size: int = 256) -> np.ndarray:
+    """Probabilities of uint8 N x 1 x H x W images, `batch_size` at a time, with test-time augmentation: the one
+    evaluation loop of training, export, quantization and `evaluate`."""
+    return np.concatenate([predict_with_tta(predict, images[start:start + batch_size], tta)
+                           for start in range(0, len(images), batch_size)])
 
 
 def evaluate_model_dir(model_dir: Path, data: str, split: str = "val", backend: str = "torchscript",
@@ -23,8 +33,7 @@ def evaluate_model_dir(model_dir: Path, data: str, split: str = "val", backend: 
     tta = manifest.tta if tta is None else tta
     faces = load_split(data, split, manifest.input.height)
     images = faces.images.unsqueeze(1).numpy()
-    probs = torch.cat([torch.from_numpy(predict_with_tta(runner.predict, images[start:start + batch_size], tta))
-                       for start in range(0, len(images), batch_size)])
+    probs = torch.from_numpy(predict_batched(runner.predict, images, tta, batch_size))
     loss = float(torch.nn.functional.nll_loss(probs.clamp(min=1e-12).log(), faces.labels))
     confusion = confusion_matrix(faces.labels, probs.argmax(1))
     metrics = summarize(confusion, split=split, loss=loss, tta=tta)

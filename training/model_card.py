@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 
 from training.evaluate import evaluate_model_dir
-from training.export import card_path, export_weights, save_shipped_weights
+from training.export import export_weights
+from training.shipped import card_path, save_shipped_weights
 from training.options import command as training_command
 
 LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from web searches. Photos go through the

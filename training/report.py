@@ -27,6 +27,7 @@ from schemas.manifest import Manifest  # noqa: E402
 from service.runtime.explain import Explainer  # noqa: E402
 from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, compute_filters  # noqa: E402
 from service.runtime.modeldir import (  # noqa: E402
+    Artifact,
     add_artifact,
     load_eager_model,
     load_manifest,
@@ -37,7 +38,6 @@ from training.data import has_split, load_split  # noqa: E402
 from training.plots import plot_confusion, plot_history  # noqa: E402
 
 REPORT_METHODS = ("vanilla", "smoothgrad", "gradcam")
-REPORT_FILE = "report.html"
 FALLBACK_FACES = "synthetic:350"  # the generator's faces, where the model's data is not at hand
 
 
@@ -231,10 +231,10 @@ def render_report(model_dir: Path, manifest: Manifest, data: str | None, steps: 
     classes, size = manifest.classes, manifest.input.height
     source, split = faces_for(manifest, data)
     faces = load_split(source, split, size)
-    architecture = read_json(model_dir, manifest, "architecture", [])
-    history = read_json(model_dir, manifest, "history", [])
-    confusion = read_json(model_dir, manifest, "confusion_matrix", None)
-    faithfulness = read_json(model_dir, manifest, "faithfulness", {}).get("rows", [])
+    architecture = read_json(model_dir, manifest, Artifact.ARCHITECTURE, [])
+    history = read_json(model_dir, manifest, Artifact.HISTORY, [])
+    confusion = read_json(model_dir, manifest, Artifact.CONFUSION_MATRIX, None)
+    faithfulness = read_json(model_dir, manifest, Artifact.FAITHFULNESS, {}).get("rows", [])
     sections = [("The model", model_card(manifest, faithfulness))]
 
     total = sum(row["parameters"] for row in architecture)
@@ -304,7 +304,7 @@ def store_report(model_dir: Path, data: str | None = None, steps: int = 64) -> P
     """The report kept in the model directory under role `report`: the manifest vouches for it and the
     service serves it (`GET /model/report`, the web page's model view)."""
     manifest = load_manifest(model_dir)  # before the report is replaced: it verifies the previous one
-    path = Path(model_dir) / REPORT_FILE
+    path = Path(model_dir) / Artifact.REPORT.file
     write_atomically(path, render_report(model_dir, manifest, data, steps))
-    add_artifact(model_dir, manifest, "report", REPORT_FILE)
+    add_artifact(model_dir, manifest, Artifact.REPORT)
     return path

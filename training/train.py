@@ -24,10 +24,12 @@ from tqdm import tqdm
 from schemas.labels import CLASSES
 from schemas.manifest import ParentWeights, TrainingConfig
 from service.runtime.architectures import FerNet, build_model
-from service.runtime.tta import predict_with_tta
+from service.runtime.modeldir import Artifact
 from training import data as data_module
 from training.augment import augment, reframe
-from training.export import WeightsError, export_model, load_shipped_weights
+from training.evaluate import predict_batched
+from training.export import export_model
+from training.shipped import WeightsError, load_shipped_weights
 from training.metrics import confusion_json, confusion_matrix, summarize
 from training.plots import plot_confusion, plot_history
 
@@ -225,9 +227,8 @@ def evaluate(model: FerNet, images: torch.Tensor, labels: torch.Tensor, batch_si
     def predict(batch):
         return torch.softmax(model.logits(torch.from_numpy(batch).to(images.device).float()), 1).cpu().numpy()
 
-    probabilities = [torch.from_numpy(predict_with_tta(predict, images[index].unsqueeze(1).cpu().numpy(), tta))
-                     for index in torch.arange(len(labels)).split(batch_size)]
-    probs = torch.cat(probabilities).to(labels.device)
+    probs = torch.from_numpy(predict_batched(predict, images.unsqueeze(1).cpu().numpy(), tta, batch_size))
+    probs = probs.to(labels.device)
     loss = F.nll_loss(probs.clamp(min=1e-12).log(), labels).item()
     return loss, confusion_matrix(labels, probs.argmax(1)), probs
 
@@ -256,12 +257,12 @@ def save_atomically(state: dict, path: Path) -> None:
 
 
 def write_history(history: list[dict], out: Path) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    with (out / "history.csv").open("w", newline="") as handle:
+    (out / Artifact.HISTORY.file).write_text(json.dumps(history, indent=2))
+    with (out / Artifact.HISTORY_CSV.file).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    plot_history(history, out / "history.png")
+    plot_history(history, out / Artifact.HISTORY_PLOT.file)
 
 
 def describe_machine(device: torch.device) -> str:
@@ -435,10 +436,10 @@ def finish(out: Path, val_data: data_module.FaceData, device: torch.device, tta:
     model.load_state_dict(best["model"])
     loss, confusion, _ = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
     metrics = summarize(confusion, split=val_data.split, loss=loss, tta=tta)
-    (out / "metrics.json").write_text(metrics.model_dump_json(indent=2))
+    (out / Artifact.METRICS.file).write_text(metrics.model_dump_json(indent=2))
     confusion_data = confusion_json(confusion)
-    (out / "confusion_matrix.json").write_text(json.dumps(confusion_data, indent=2))
-    plot_confusion(confusion_data, out / "confusion_matrix.png", title=f"{val_data.split} ({len(val_data)} images)")
+    (out / Artifact.CONFUSION_MATRIX.file).write_text(json.dumps(confusion_data, indent=2))
+    plot_confusion(confusion_data, out / Artifact.CONFUSION_PLOT.file, title=f"{val_data.split} ({len(val_data)} images)")
     manifest = export_model(model, out, config, best["input_size"], val_data.images[:64], metrics, best["classes"], tta)
     print(f"validation accuracy {metrics.accuracy:.4f} (macro F1 {metrics.macro_f1:.4f}, tta={tta}); "
           f"exported {', '.join(sorted(manifest.artifacts))} to {out}")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from schemas.manifest import Manifest
+from service.runtime.modeldir import Artifact, artifact_path
 
 
 class Backend(Protocol):
@@ -89,16 +90,16 @@ class OnnxBackend:
 def _torchscript(model_dir: Path, manifest: Manifest, device: torch.device, precision: str) -> Backend:
     if precision == "int8":
         raise RuntimeError("int8 is served by the onnx backend")
-    return TorchScriptBackend(Path(model_dir) / manifest.artifacts["torchscript"].path, device, precision == "fp16")
+    return TorchScriptBackend(artifact_path(model_dir, manifest, Artifact.TORCHSCRIPT), device, precision == "fp16")
 
 
 def _onnx(model_dir: Path, manifest: Manifest, device: torch.device, precision: str) -> Backend:
     if precision == "fp16":
         raise RuntimeError("fp16 is offered by the torchscript backend only")
-    role = "onnx_int8" if precision == "int8" else "onnx"
-    if role not in manifest.artifacts:
+    path = artifact_path(model_dir, manifest, Artifact.ONNX_INT8 if precision == "int8" else Artifact.ONNX)
+    if path is None:
         raise RuntimeError(f"{model_dir} has no int8 model: export it with `python -m training export ... --int8`")
-    backend = OnnxBackend(Path(model_dir) / manifest.artifacts[role].path, device)
+    backend = OnnxBackend(path, device)
     backend.device += " (int8)" if precision == "int8" else ""
     return backend
 

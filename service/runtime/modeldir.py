@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -10,6 +11,36 @@ from safetensors.torch import load_file
 
 from schemas.manifest import MANIFEST_FILE, ArtifactInfo, Manifest
 from service.runtime.architectures import FerNet, build_model
+
+
+class Artifact(StrEnum):
+    """A model directory's files by role: the role is the key of the manifest's `artifacts` (which vouches for
+    each file's sha256) and `file` is the name the file is written under."""
+
+    TORCHSCRIPT = "torchscript", "model.pt"
+    ONNX = "onnx", "model.onnx"
+    ONNX_INT8 = "onnx_int8", "model.int8.onnx"  # `export --int8`
+    WEIGHTS = "weights", "weights.safetensors"  # fp32: the eager model explanations take gradients of
+    ARCHITECTURE = "architecture", "architecture.json"
+    HISTORY = "history", "history.json"
+    HISTORY_CSV = "history_csv", "history.csv"
+    HISTORY_PLOT = "history_plot", "history.png"
+    METRICS = "metrics", "metrics.json"
+    CONFUSION_MATRIX = "confusion_matrix", "confusion_matrix.json"
+    CONFUSION_PLOT = "confusion_plot", "confusion_matrix.png"
+    FAITHFULNESS = "faithfulness", "faithfulness.json"  # `export --explanations`
+    REPORT = "report", "report.html"  # `training report`
+
+    def __new__(cls, role: str, file: str):
+        member = str.__new__(cls, role)
+        member._value_ = role
+        member.file = file
+        return member
+
+
+# What a run writes beside the models (and export copies from the run): the figures of its best epoch.
+RUN_FILES = (Artifact.HISTORY, Artifact.HISTORY_CSV, Artifact.HISTORY_PLOT, Artifact.METRICS,
+             Artifact.CONFUSION_MATRIX, Artifact.CONFUSION_PLOT, Artifact.ARCHITECTURE)
 
 
 class ModelDirError(RuntimeError):
@@ -59,29 +90,35 @@ def artifact_info(model_dir: Path, filename: str) -> ArtifactInfo:
     return ArtifactInfo(path=filename, sha256=file_sha256(path), bytes=path.stat().st_size)
 
 
-def add_artifact(model_dir: Path, manifest: Manifest, role: str, filename: str) -> None:
-    """List a file written into the directory under `role`, so the manifest vouches for it (sha256)."""
-    manifest.artifacts[role] = artifact_info(model_dir, filename)
+def add_artifact(model_dir: Path, manifest: Manifest, artifact: Artifact) -> None:
+    """List a file written into the directory, so the manifest vouches for it (sha256)."""
+    manifest.artifacts[artifact] = artifact_info(model_dir, artifact.file)
     write_manifest(model_dir, manifest)
 
 
-def read_json(model_dir: Path, manifest: Manifest, role: str, default):
-    """A report file (history, confusion matrix, architecture) when the run exported it."""
-    artifact = manifest.artifacts.get(role)
-    return json.loads((Path(model_dir) / artifact.path).read_text()) if artifact else default
+def artifact_path(model_dir: Path, manifest: Manifest, artifact: Artifact) -> Path | None:
+    """Where the manifest says the file is; None when the directory has none."""
+    listed = manifest.artifacts.get(artifact)
+    return Path(model_dir) / listed.path if listed else None
+
+
+def read_json(model_dir: Path, manifest: Manifest, artifact: Artifact, default):
+    """A report file (history, confusion matrix, architecture, faithfulness) when the directory has it."""
+    path = artifact_path(model_dir, manifest, artifact)
+    return json.loads(path.read_text()) if path else default
 
 
 def load_eager_model(model_dir: Path, manifest: Manifest, device: torch.device) -> FerNet:
     """The network rebuilt by name from the registry with the directory's verified fp32 weights, frozen: hooks
     work on it and explanations take gradients with respect to their inputs only."""
-    weights = manifest.artifacts.get("weights")
+    weights = artifact_path(model_dir, manifest, Artifact.WEIGHTS)
     if weights is None:
         raise ModelDirError(f"{model_dir}: the manifest lists no `weights` artifact (re-export the model)")
     model = build_model(manifest.architecture, manifest.preprocessing.resize_to, len(manifest.classes))
     try:
-        model.load_state_dict(load_file(Path(model_dir) / weights.path))
+        model.load_state_dict(load_file(weights))
     except RuntimeError as error:
-        raise ModelDirError(f"{Path(model_dir) / weights.path} does not fit {manifest.architecture} with "
+        raise ModelDirError(f"{weights} does not fit {manifest.architecture} with "
                             f"{len(manifest.classes)} classes: {error}") from None
     model.requires_grad_(False)
     return model.to(device).eval()
