@@ -84,11 +84,16 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                         help="FER_PRECISION of this service (int8: the ONNX int8 artifact, with --backend onnx "
                              "or auto)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="face crops as a user sends them (faces=auto, the manifest's TTA) against faces=none on "
+                             "the same server, in one run, with the mean batch of each load")
     parser.add_argument("--compare", action="store_true",
                         help="side by side with the plain FastAPI baseline (bench/baseline.py), fp32, no TTA")
     args = parser.parse_args()
     if args.compare:
         return compare(args)
+    if args.defaults:
+        return defaults(args)
     cuda = torch.cuda.is_available()
     rate = args.rate or (1000 if cuda else 150)
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
@@ -144,6 +149,32 @@ def compare(args) -> None:
     for images, concurrency in COMPARE_SHAPES:
         ratio = results["this service", images]["images_per_s"] / results["plain FastAPI", images]["images_per_s"]
         print(f"{images} image(s)/request at c={concurrency}: this service / plain FastAPI = {ratio:.2f}x")
+
+
+def mean_batch(url: str) -> tuple[float, float]:
+    """(images, forward passes) so far, from the server's batch-size histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    read = lambda name: sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))  # noqa: E731
+    return read("fer_batch_size_sum"), read("fer_batch_size_count")
+
+
+def defaults(args) -> None:
+    """Face crops under the defaults (`faces=auto`, the manifest's TTA) and with `faces=none`, on one server."""
+    results = {}
+    with serving(args.model, {"FER_BACKEND": args.backend, "FER_PRECISION": args.precision}) as (url, _):
+        for images, concurrency in COMPARE_SHAPES:
+            for faces in ("auto", "none"):
+                before = mean_batch(url)
+                row = {"server": f"faces={faces}", "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
+                       **load(f"{url}/predict?faces={faces}", args.duration, images=images, concurrency=concurrency)}
+                after = mean_batch(url)
+                row["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                results[faces, images] = row
+                print_row(row)
+                print(f"{'':>14} mean batch {row['mean_batch']:.1f} images per forward pass")
+    for images, concurrency in COMPARE_SHAPES:
+        ratio = results["auto", images]["images_per_s"] / results["none", images]["images_per_s"]
+        print(f"{images} image(s)/request at c={concurrency}: defaults / faces=none = {ratio:.2f}x")
 
 
 def print_row(row: dict) -> None:

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.admission import ExplanationPool
 from service.batching import DynamicBatcher
-from service.runtime.images import ImageError, excerpt, pixels_declared
+from service.runtime.images import ImageError, declared_size, excerpt
 from service.metrics import Metrics
 from service.model import FerModel
 from service.photos import Photo
@@ -177,8 +177,8 @@ class DataPlane:
     async def decode(self, images: Images, keep_upright: bool = False) -> Uploaded:
         """Files decoded and their faces found one after another on a worker thread, one decode slot per request,
         so that the slots bound decodes in flight (and the memory of full-size decoded images); a request waits for
-        its slot on the event loop, where waiting holds no thread. Small face crops sent with faces=none are
-        decoded on the event loop itself (their headers say how small, before anything is decoded). Crops sent as
+        its slot on the event loop, where waiting holds no thread. Small face crops taken whole (faces=none, or
+        auto's crops) are decoded on the event loop itself (their headers say how small, before anything is decoded). Crops sent as
         they are are used as they are. `keep_upright` keeps each decoded photo, to draw explanations on."""
         model = self.served()
         if images.crops is not None:
@@ -193,12 +193,14 @@ class DataPlane:
         crops = np.concatenate([photo.crops for photo in photos])
         return Uploaded(photos, crops, (time.perf_counter() - started) * 1000)
 
-    @staticmethod
-    def _decodes_inline(images: Images) -> bool:
-        if images.faces != "none" or sum(len(data) for _, data in images.files) > INLINE_DECODE_BYTES:
+    def _decodes_inline(self, images: Images) -> bool:
+        """Small face crops taken whole (faces=none, or auto's crops), whose headers declare few pixels in all."""
+        if images.faces == "detect" or sum(len(data) for _, data in images.files) > INLINE_DECODE_BYTES:
             return False
-        declared = [pixels_declared(data) for _, data in images.files]
-        return None not in declared and sum(declared) <= INLINE_DECODE_PIXELS
+        if any(self.model.face_mode(data, images.faces) != "none" for _, data in images.files):
+            return False
+        declared = [declared_size(data) for _, data in images.files]
+        return None not in declared and sum(width * height for width, height in declared) <= INLINE_DECODE_PIXELS
 
     def _count(self, endpoint: str, faces: int) -> None:
         self.metrics.images.labels(endpoint).inc(faces)

@@ -13,14 +13,14 @@ import torch
 
 from schemas.api import ArchitectureRow, ExplanationMethod, ModelInfo, ModelReport
 from schemas.manifest import Manifest
-from service.runtime.images import decode_image, decode_photo
+from service.runtime.images import declared_size, decode_image, decode_photo
 from service.metrics import Metrics
 from service.runtime.backends import Backend, load_backend, resolve_device
 from service.runtime.explain import METHODS, Explainer
 from service.faces import Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
 from service.runtime.modeldir import Artifact, ModelDirError, artifact_path, load_eager_model, load_manifest, read_json
-from service.photos import FaceOptions, FoundFace, Photo, find_faces
+from service.photos import FaceOptions, FoundFace, Photo, find_faces, is_face_crop
 from service.runtime.tta import predict_with_tta
 from service.settings import Settings
 
@@ -85,7 +85,14 @@ class FerModel:
     def preprocess(self, files: list[tuple[str, bytes]], faces: str = "auto", keep_upright: bool = False) -> list[Photo]:
         """Decode each upload and find its faces (`faces`: auto, detect or none), each cropped to the model's
         input. `keep_upright` keeps the decoded photo, for drawing overlays. Raises ImageError."""
-        return [self._photo(name, data, faces, keep_upright) for name, data in files]
+        return [self._photo(name, data, self.face_mode(data, faces), keep_upright) for name, data in files]
+
+    def face_mode(self, data: bytes, faces: str) -> str:
+        """How an upload's faces are found: under `auto`, a face crop (its header says how small and square) is
+        taken whole (`none`), anything else is detected."""
+        if faces == "auto":
+            return "none" if is_face_crop(declared_size(data), self.settings.whole_image_max_side) else "detect"
+        return faces
 
     def _photo(self, name: str, data: bytes, faces: str, keep_upright: bool) -> Photo:
         size = self.manifest.input.height
@@ -94,8 +101,8 @@ class FerModel:
             return Photo(name, width, height, [FoundFace((0, 0, width, height), None, "whole_image")],
                          grey[None, None], upright=grey if keep_upright else None)
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
-        options = FaceOptions(faces, size, self.settings.min_face_size, self.settings.max_faces_per_image,
-                              self.settings.detect_max_pixels, self.settings.whole_image_max_side)
+        options = FaceOptions(size, self.settings.min_face_size, self.settings.max_faces_per_image,
+                              self.settings.detect_max_pixels)
         started = time.perf_counter()
         with self._detect_lock:  # OpenCV's cascades are not documented as thread-safe
             photo = find_faces(image, name, original, options, self.detector)

@@ -1,8 +1,8 @@
 """From an upright photo to the faces the model sees: detect, crop with FER2013's framing, align, resize.
 
-`faces=auto` detects faces and, where none is found in a small and roughly square image, takes the whole image
-as one face (what FER2013-style crops are); `detect` keeps only what the detector finds; `none` always takes the
-whole image.
+`faces=auto` takes a face crop (a small and roughly square image, as FER2013's are: `is_face_crop`, decided from
+its header before anything is decoded) whole and detects the faces of anything else; `detect` detects faces in
+every image; `none` always takes the whole image.
 """
 
 import math
@@ -35,34 +35,31 @@ class Photo:
 
 @dataclass(frozen=True)
 class FaceOptions:
-    mode: str  # auto | detect | none
     size: int  # the model's input side
     min_face: int
     max_faces: int
     max_detect_pixels: int
-    whole_image_max_side: int  # auto: the largest side still taken whole when no face is found
 
 
-def whole_image(grey: np.ndarray, size: int) -> np.ndarray:
-    return cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA if min(grey.shape) > size else cv2.INTER_LINEAR)
+def is_face_crop(size: tuple[int, int] | None, max_side: int) -> bool:
+    """A face crop, which faces=auto takes whole: at most `max_side` on its longer side and roughly square."""
+    if size is None:
+        return False
+    return max(size) <= max_side and max(size) <= 1.25 * min(size)
 
 
 def find_faces(image: np.ndarray, filename: str, original_size: tuple[int, int], options: FaceOptions,
                detector: Detector) -> Photo:
-    """The faces of `image` (uint8 H x W grey or H x W x 3 RGB, upright, possibly reduced from the upload's
-    `original_size` (width, height)); boxes are reported in the upload's coordinates."""
+    """The faces the detector finds in `image` (uint8 H x W grey or H x W x 3 RGB, upright, possibly reduced from
+    the upload's `original_size` (width, height)), best first; boxes are reported in the upload's coordinates."""
     width, height = original_size
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = image.shape[1] / width  # decoded pixels per uploaded pixel
-    if options.mode != "none":
-        detected, truncated = detect_faces(image, detector, _detection_side(image, options.max_detect_pixels),
-                                           max(1, round(options.min_face * scale)), options.max_faces)
-        if detected or options.mode == "detect" or not _small_and_square(width, height, options):
-            reason = None if detected else f"no face of at least {options.min_face} pixels found"
-            return Photo(filename, width, height, [_found(face, scale) for face in detected],
-                         _crops(grey, detected, options.size), truncated, reason, image)
-    faces = [FoundFace((0, 0, width, height), None, "whole_image")]
-    return Photo(filename, width, height, faces, whole_image(grey, options.size)[None, None], upright=image)
+    detected, truncated = detect_faces(image, detector, _detection_side(image, options.max_detect_pixels),
+                                       max(1, round(options.min_face * scale)), options.max_faces)
+    reason = None if detected else f"no face of at least {options.min_face} pixels found"
+    return Photo(filename, width, height, [_found(face, scale) for face in detected],
+                 _crops(grey, detected, options.size), truncated, reason, image)
 
 
 def _detection_side(image: np.ndarray, max_pixels: int) -> int:
@@ -70,10 +67,6 @@ def _detection_side(image: np.ndarray, max_pixels: int) -> int:
     side, so that a panorama's faces stay large enough to be found."""
     height, width = image.shape[:2]
     return max(1, round(max(height, width) * min(1.0, math.sqrt(max_pixels / (height * width)))))
-
-
-def _small_and_square(width: int, height: int, options: FaceOptions) -> bool:
-    return max(width, height) <= options.whole_image_max_side and max(width, height) <= 1.25 * min(width, height)
 
 
 def _found(face: DetectedFace, scale: float) -> FoundFace:

@@ -52,15 +52,16 @@ class Settings(BaseSettings):
     photo_max_pixels: int = Field(4_194_304, ge=4096, description="Photos are decoded to at most this many "
                                                                   "pixels (JPEGs to between half of it and it); "
                                                                   "faces are cropped from that.")
-    whole_image_max_side: int = Field(256, ge=1, description="faces=auto: a roughly square image this small with "
-                                                             "no face found is taken whole, as a face crop.")
+    whole_image_max_side: int = Field(256, ge=1, description="faces=auto: a roughly square image this small is a "
+                                                             "face crop, taken whole without detection (its header "
+                                                             "says, before decoding); larger images are detected.")
     max_png_pixels: int = Field(4_000_000, ge=10_000, description="Largest PNG any endpoint draws.")
     max_filter_steps: int = Field(512, ge=1)
     filter_cache_size: int = Field(128, ge=0, description="Filter visualisations kept in memory.")
     graceful_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight work may finish.")
     max_decodes_in_flight: int = Field(4, ge=1, description=(
         "Requests whose images are decoded at once on worker threads (bounds decoding memory); small face crops "
-        "sent with faces=none are decoded on the event loop."))
+        "taken whole (faces=none, or auto's crops) are decoded on the event loop."))
     header_timeout_s: float = Field(10.0, gt=0, description="Time a connection has to send a request's headers.")
     body_timeout_s: float = Field(60.0, gt=0, description="Time a request has to send its body, after its headers.")
     max_connections: int = Field(1000, ge=1, description="Open connections; lowered to fit the descriptor limit.")

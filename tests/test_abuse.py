@@ -15,7 +15,7 @@ import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.runtime.images import decode_image, decode_photo, pixels_declared
+from service.runtime.images import declared_size, decode_image, decode_photo
 from service.server import DrainingServer
 
 from .conftest import make_client
@@ -109,13 +109,14 @@ def test_small_face_crops_are_decoded_on_the_event_loop_and_larger_images_on_thr
 
     monkeypatch.setattr(service.dataplane, "run_in_threadpool", counted)
     crop = face_bytes("happy", seed=0)
-    assert pixels_declared(crop) == 48 * 48 and pixels_declared(b"not an image") is None
+    assert declared_size(crop) == (48, 48) and declared_size(b"not an image") is None
     assert client.post("/predict?faces=none", files=upload(crop)).status_code == 200
     assert handed == []  # its header said 48x48: decoded where the request was read
     large = io.BytesIO()
     Image.new("L", (600, 600), 128).save(large, format="PNG")  # a few hundred bytes, 360,000 pixels
     assert client.post("/predict?faces=none", files=upload(large.getvalue())).status_code == 200
-    assert client.post("/predict", files=upload(crop)).status_code == 200  # faces=auto: the detector runs
+    assert client.post("/predict", files=upload(crop)).status_code == 200  # faces=auto takes a crop whole
+    assert client.post("/predict?faces=detect", files=upload(crop)).status_code == 200  # the detector runs
     assert len(handed) == 2
 
 

@@ -82,6 +82,25 @@ def test_auto_takes_a_small_square_image_whole_and_detect_does_not(photo_client)
     assert one_pixel["faces"][0]["source"] == "whole_image"
 
 
+def test_a_face_crop_under_auto_never_reaches_the_detector(photo_client, monkeypatch):
+    detector = photo_client.app.state.plane.model.detector
+    seen = []
+    original = detector.detect
+
+    def spy(image, *args, **kwargs):
+        seen.append(image.shape)
+        return original(image, *args, **kwargs)
+
+    monkeypatch.setattr(detector, "detect", spy)
+    astronaut_crop = jpeg(np.asarray(Image.fromarray(ASTRONAUT[20:260, 130:370]).resize((200, 200))))
+    for crop in (face_bytes("happy"), astronaut_crop):  # 48x48, and a 200x200 face the detector would find
+        assert [f["source"] for f in faces_of(photo_client, crop, mode="auto")["faces"]] == ["whole_image"]
+    assert seen == []
+    assert faces_of(photo_client, astronaut_crop, mode="detect")["faces"][0]["source"] == "detector"
+    assert faces_of(photo_client, jpeg(ASTRONAUT), mode="auto")["faces"][0]["source"] == "detector"  # 512x512
+    assert len(seen) == 2
+
+
 def test_many_faces_are_truncated_to_the_limit_and_the_response_says_so(photo_client):
     crop = np.asarray(Image.fromarray(ASTRONAUT[20:260, 130:370]).resize((200, 200)))
     group = np.full((600, 1000, 3), 200, dtype=np.uint8)

@@ -61,15 +61,14 @@ def shrunk_to(image: Image.Image, pixels: int) -> Image.Image:
     return image.resize((max(1, int(width * ratio)), max(1, int(height * ratio))), Image.BILINEAR)
 
 
-def pixels_declared(data: bytes) -> int | None:
-    """Width x height as the image's header states it (read in microseconds, nothing decoded); None when no
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the image's header states it (read in microseconds, nothing decoded); None when no
     format this service reads recognises the data (decoding reports why)."""
     try:
         with Image.open(io.BytesIO(data), formats=_readable_formats()) as image:
-            width, height = image.size
+            return image.size
     except Exception:  # noqa: BLE001 - the decode path turns the same failure into a clear ImageError
         return None
-    return width * height
 
 
 def open_upright(data: bytes, filename: str, max_pixels: int, mode: str,
