@@ -183,6 +183,36 @@ class QuantizationInfo(BaseModel):
     accuracy_int8: float
 
 
+class ReliabilityBin(BaseModel):
+    """Faces whose confidence (top probability) falls in [low, high): how sure the model was and how often right."""
+
+    low: float
+    high: float
+    count: int
+    confidence: float | None = Field(None, description="Mean top probability; None for an empty bin.")
+    accuracy: float | None = None
+
+
+class Calibration(BaseModel):
+    """Temperature scaling (Guo et al. 2017): the served probabilities are softmax(log(p) / temperature) of the
+    probabilities p the model and its TTA give, one order-preserving map, so no label changes. The temperature is
+    the one that minimises the negative log-likelihood on `split`; the expected calibration error (ECE: the
+    faces' |accuracy - confidence| per confidence bin, weighted by the bin's share) is measured there too."""
+
+    temperature: float = Field(gt=0)
+    split: str = Field(description="The faces it was fitted and measured on (FER2013 PublicTest for the shipped "
+                                   "model: it has no other held-out faces).")
+    samples: int
+    tta: TtaMode
+    bins: int = 15
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    reliability_before: list[ReliabilityBin]
+    reliability_after: list[ReliabilityBin]
+
+
 class ArtifactInfo(BaseModel):
     path: str
     sha256: str
@@ -206,5 +236,12 @@ class Manifest(BaseModel):
     weights_source: WeightsSource | None = None
     validation: EvaluationMetrics | None = None
     quantization: QuantizationInfo | None = None
+    calibration: Calibration | None = Field(None, description="None: the probabilities as the model gives them "
+                                                              "(directories exported before calibration).")
     artifacts: dict[str, ArtifactInfo] = Field(description="torchscript, onnx, and the report files, by role.")
     libraries: dict[str, str]
+
+    @property
+    def temperature(self) -> float:
+        """What the served probabilities are calibrated with (1: as the model gives them)."""
+        return self.calibration.temperature if self.calibration else 1.0

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from schemas.labels import CLASSES
 from schemas.manifest import (
     AveragedCheckpoint,
+    Calibration,
     EvaluationMetrics,
     InputSpec,
     Manifest,
@@ -24,7 +25,8 @@ from schemas.manifest import (
 )
 from service.runtime.architectures import MEAN, STD, FerNet, architecture_table, build_model
 from service.runtime.backends import load_torchscript
-from service.runtime.modeldir import RUN_FILES, Artifact, add_artifact, artifact_info, write_manifest
+from service.runtime.modeldir import RUN_FILES, Artifact, add_artifact, artifact_info, load_manifest, write_manifest
+from training.calibration import calibrate_model_dir, record_calibration
 from training.data import has_split, load_split
 from training.errors import TrainingError
 from training.shipped import card_path, load_shipped_weights
@@ -167,7 +169,13 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     sample = _sample_images(data or config.data, state["input_size"])
     manifest = export_model(model, out, config, state["input_size"], sample, validation, classes,
                             tta or (validation.tta if validation else config.tta))
-    return _evaluate_mixed(out, manifest, data or config.data) if mixed else manifest
+    if mixed:
+        _evaluate_mixed(out, manifest, data or config.data)
+    source = data or config.data
+    if has_split(source, "val"):  # the temperature of these weights with this TTA
+        faces = load_split(source, "val", state["input_size"])
+        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
+    return load_manifest(out)
 
 
 def _evaluate_mixed(out: Path, manifest: Manifest, data: str) -> Manifest:
@@ -208,5 +216,11 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     sample = _sample_images(data, input_size) if data else load_split("synthetic:70", "val", input_size).images
     validation = EvaluationMetrics(**card["validation"]) if card["validation"] else None
     source = WeightsSource(file=str(weights), sha256=card["sha256"], model_card=str(card_path(weights)))
-    return export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation,
-                        card["classes"], card["tta"], source)
+    export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation, card["classes"],
+                 card["tta"], source)
+    if card.get("calibration"):  # fitted on these weights when they were shipped
+        record_calibration(out, Calibration(**card["calibration"]))
+    elif data and has_split(data, "val"):  # weights shipped before calibration: fitted here
+        faces = load_split(data, "val", input_size)
+        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
+    return load_manifest(out)

@@ -1,9 +1,10 @@
-"""Accuracy, per-class precision/recall/F1 and the confusion matrix, in canonical class order."""
+"""Accuracy, per-class precision/recall/F1 and the confusion matrix, in canonical class order; calibration."""
 
+import numpy as np
 import torch
 
 from schemas.labels import CLASSES
-from schemas.manifest import ClassMetrics, ConfusedPair, EvaluationMetrics
+from schemas.manifest import ClassMetrics, ConfusedPair, EvaluationMetrics, ReliabilityBin
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int = len(CLASSES)) -> torch.Tensor:
@@ -39,3 +40,25 @@ def confusion_json(confusion: torch.Tensor) -> dict:
     rows = counts.sum(1, keepdim=True).clamp(min=1).double()
     return {"classes": list(CLASSES), "counts": counts.tolist(),
             "normalized": (counts.double() / rows).round(decimals=4).tolist()}
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[ReliabilityBin]:
+    """The faces in equal-width bins of confidence (the top probability), with their mean confidence and accuracy
+    (Guo et al. 2017's reliability diagram)."""
+    confidence, right = probabilities.max(1), probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        count = int(inside.sum())
+        rows.append(ReliabilityBin(low=float(edges[b]), high=float(edges[b + 1]), count=count,
+                                   confidence=float(confidence[inside].mean()) if count else None,
+                                   accuracy=float(right[inside].mean()) if count else None))
+    return rows
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Sum over confidence bins of |accuracy - confidence| weighted by the bin's share of the faces."""
+    rows = reliability(probabilities, labels, bins)
+    return float(sum(row.count * abs(row.accuracy - row.confidence) for row in rows if row.count) / len(labels))

@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from service.runtime.modeldir import Artifact
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
 from training.shipped import card_path, save_shipped_weights
@@ -33,8 +34,32 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
                           "accuracy_fp16_weights": fp16["accuracy"], "macro_f1": fp32["macro_f1"],
                           "per_class": fp32["per_class"], "confusion_matrix": fp32["confusion_matrix"]}
     card_path(weights).write_text(json.dumps(card, indent=1))
+    diagram = Path(model_dir) / Artifact.RELIABILITY_PLOT.file
+    if diagram.is_file():
+        reliability_path(weights).write_bytes(diagram.read_bytes())
     weights.with_name(weights.name.removesuffix(".safetensors") + ".md").write_text(render(card))
     return card
+
+
+def reliability_path(weights: Path) -> Path:
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".reliability.png")
+
+
+def calibration_section(card: dict) -> str:
+    calibration = card.get("calibration")
+    if not calibration:
+        return "Not calibrated: the probabilities are as the network gives them."
+    return (f"""The probabilities are temperature-scaled (Guo et al. 2017): softmax(log(p) / T) of the network's (with
+its `{calibration['tta']}` TTA), T = {calibration['temperature']:.3f}, fitted by least negative log-likelihood on
+{calibration['split']} ({calibration['samples']} faces; FER2013 has no other held-out faces here). No label
+changes.
+
+| | expected calibration error ({calibration['bins']} bins) | negative log-likelihood |
+| --- | --- | --- |
+| as the network gives them | {calibration['ece_before']:.4f} | {calibration['nll_before']:.4f} |
+| calibrated (served) | **{calibration['ece_after']:.4f}** | {calibration['nll_after']:.4f} |
+
+![reliability diagram]({reliability_path(Path(card['file'])).name})""")
 
 
 def export_command(training: dict) -> str:
@@ -130,6 +155,10 @@ Confusion matrix (rows: true class, columns: predicted, in class order):
 | | {' | '.join(classes)} |
 | --- | {' | '.join('---' for _ in classes)} |
 {matrix}
+
+## Calibration
+
+{calibration_section(card)}
 
 ## Known limits
 

@@ -43,3 +43,27 @@ def plot_confusion(confusion: dict, path: Path, title: str = "Confusion matrix")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def reliability_figure(calibration):
+    """The reliability diagram of a `Calibration`: accuracy against confidence per bin, before and after."""
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for rows, ece, label in ((calibration.reliability_before, calibration.ece_before, "as the model gives them"),
+                             (calibration.reliability_after, calibration.ece_after,
+                              f"temperature {calibration.temperature:.3f}")):
+        shown = [row for row in rows if row.count]
+        axis.plot([row.confidence for row in shown], [row.accuracy for row in shown], marker="o",
+                  label=f"{label} (ECE {ece:.3f})")
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
+             title=f"Reliability on {calibration.split} ({calibration.samples} faces, {calibration.bins} bins)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_reliability(calibration, path: Path) -> None:
+    figure = reliability_figure(calibration)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -35,7 +35,7 @@ from service.runtime.modeldir import (  # noqa: E402
     write_atomically,
 )
 from training.data import has_split, load_split  # noqa: E402
-from training.plots import plot_confusion, plot_history  # noqa: E402
+from training.plots import plot_confusion, plot_history, reliability_figure  # noqa: E402
 
 REPORT_METHODS = ("vanilla", "smoothgrad", "gradcam")
 FALLBACK_FACES = "synthetic:350"  # the generator's faces, where the model's data is not at hand
@@ -189,6 +189,15 @@ def model_card(manifest: Manifest, faithfulness: list[dict]) -> str:
         facts.append(("weights", f"{manifest.weights_source.file} (sha256 {manifest.weights_source.sha256[:16]}…)"))
     facts += [(f"training: {key.replace('_', ' ')}", value) for key, value in manifest.training.model_dump().items()]
     content = _table([], facts)
+    calibration = manifest.calibration
+    if calibration:
+        content += (f"<p>Probabilities calibrated by temperature scaling (T = {calibration.temperature:.3f}, fitted on "
+                    f"{calibration.samples:,} {html.escape(calibration.split)} faces with {calibration.tta} TTA): "
+                    f"expected calibration error {calibration.ece_before:.4f} before, <b>{calibration.ece_after:.4f}"
+                    f"</b> served ({calibration.bins} bins); no label changes.</p>"
+                    f'<img alt="reliability diagram" src="{_figure(reliability_figure(calibration))}">')
+    else:
+        content += "<p>The probabilities are not calibrated (this directory records no temperature).</p>"
     validation = manifest.validation
     if validation:
         content += (f"<p>Accuracy {validation.accuracy:.2%} on {validation.samples:,} {html.escape(validation.split)} images "

@@ -34,7 +34,8 @@ def save_shipped_weights(model_dir: Path, weights: Path) -> dict:
             "tta": manifest.tta, "training": manifest.training.model_dump(),
             "validation": manifest.validation.model_dump() if manifest.validation else None,
             "history": read(Artifact.HISTORY, []), "confusion_matrix": read(Artifact.CONFUSION_MATRIX, None),
-            "faithfulness": read(Artifact.FAITHFULNESS, None)}
+            "faithfulness": read(Artifact.FAITHFULNESS, None),
+            "calibration": manifest.calibration.model_dump() if manifest.calibration else None}
     card_path(weights).write_text(json.dumps(card, indent=1))
     return card
 

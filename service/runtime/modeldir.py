@@ -29,6 +29,7 @@ class Artifact(StrEnum):
     CONFUSION_MATRIX = "confusion_matrix", "confusion_matrix.json"
     CONFUSION_PLOT = "confusion_plot", "confusion_matrix.png"
     FAITHFULNESS = "faithfulness", "faithfulness.json"  # `export --explanations`
+    RELIABILITY_PLOT = "reliability_plot", "reliability.png"  # the calibration's diagram
     REPORT = "report", "report.html"  # `training report`
 
     def __new__(cls, role: str, file: str):

@@ -30,10 +30,23 @@ def views(images: np.ndarray, mode: str) -> list[np.ndarray]:
     raise ValueError(f"unknown test-time augmentation {mode!r}: expected none, flip or crops")
 
 
-def predict_with_tta(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, mode: str) -> np.ndarray:
-    """Mean probabilities over the views, computed in one call of `predict` (one batch)."""
+def predict_with_tta(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, mode: str,
+                     temperature: float = 1.0) -> np.ndarray:
+    """Mean probabilities over the views, computed in one call of `predict` (one batch), calibrated with
+    `temperature` (the manifest's; 1: as they are)."""
     copies = views(images, mode)
     if len(copies) == 1:
-        return predict(images)
+        return calibrate(predict(images), temperature)
     probabilities = predict(np.ascontiguousarray(np.concatenate(copies)))
-    return probabilities.reshape(len(copies), len(images), -1).mean(0)
+    return calibrate(probabilities.reshape(len(copies), len(images), -1).mean(0), temperature)
+
+
+def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(p) / temperature) per row: temperature scaling of the probabilities (of several views: of their
+    mean), which keeps every row's order of classes, so the label never changes."""
+    if temperature == 1.0:
+        return probabilities
+    scaled = np.log(np.clip(probabilities, 1e-12, None)) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(probabilities.dtype)

@@ -1,0 +1,79 @@
+"""Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one temperature T fitted on
+held-out faces so that the served probabilities, softmax(log(p) / T) of what the model and its TTA give, are
+right as often as they say. It changes no label (the map keeps each row's order) and is applied after TTA by
+every backend (service/runtime/tta.py), so TorchScript, ONNX and int8 answer alike."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from schemas.manifest import Calibration
+from service.runtime.backends import load_backend
+from service.runtime.modeldir import Artifact, add_artifact, load_manifest, write_manifest
+from service.runtime.tta import calibrate
+from training.evaluate import predict_batched
+from training.metrics import expected_calibration_error, reliability
+from training.plots import plot_reliability
+
+BINS = 15
+TEMPERATURES = (0.05, 20.0)  # the search range
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, steps: int = 80) -> float:
+    """The temperature of least negative log-likelihood, by golden-section search over log T (the likelihood is
+    convex in 1 / T, so it has one minimum there)."""
+    def loss(log_t: float) -> float:
+        return negative_log_likelihood(calibrate(probabilities, math.exp(log_t)), labels)
+
+    low, high = (math.log(t) for t in TEMPERATURES)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    loss_a, loss_b = loss(a), loss(b)
+    for _ in range(steps):
+        if loss_a <= loss_b:
+            high, b, loss_b = b, a, loss_a
+            a = high - ratio * (high - low)
+            loss_a = loss(a)
+        else:
+            low, a, loss_a = a, b, loss_b
+            b = low + ratio * (high - low)
+            loss_b = loss(b)
+    return math.exp((low + high) / 2)
+
+
+def fit_calibration(probabilities: np.ndarray, labels: np.ndarray, split: str, tta: str) -> Calibration:
+    temperature = fit_temperature(probabilities, labels)
+    calibrated = calibrate(probabilities, temperature)
+    return Calibration(temperature=round(temperature, 5), split=split, samples=len(labels), tta=tta, bins=BINS,
+                       ece_before=expected_calibration_error(probabilities, labels, BINS),
+                       ece_after=expected_calibration_error(calibrated, labels, BINS),
+                       nll_before=negative_log_likelihood(probabilities, labels),
+                       nll_after=negative_log_likelihood(calibrated, labels),
+                       reliability_before=reliability(probabilities, labels, BINS),
+                       reliability_after=reliability(calibrated, labels, BINS))
+
+
+def calibrate_model_dir(model_dir: Path, images: np.ndarray, labels: np.ndarray, split: str) -> Calibration:
+    """Fit the directory's temperature on held-out faces (uint8 N x H x W) through its TorchScript model with its
+    TTA, record it in the manifest and draw the reliability diagram beside it."""
+    import torch
+
+    manifest = load_manifest(model_dir)
+    backend, _ = load_backend(model_dir, manifest, "torchscript", torch.device("cpu"))
+    probabilities = predict_batched(backend.predict, np.ascontiguousarray(images[:, None]), manifest.tta)
+    return record_calibration(model_dir, fit_calibration(probabilities, np.asarray(labels), split, manifest.tta))
+
+
+def record_calibration(model_dir: Path, calibration: Calibration) -> Calibration:
+    """The temperature into the manifest (which every backend's predictions then apply), with its diagram."""
+    manifest = load_manifest(model_dir)
+    manifest.calibration = calibration
+    write_manifest(model_dir, manifest)
+    plot_reliability(calibration, Path(model_dir) / Artifact.RELIABILITY_PLOT.file)
+    add_artifact(model_dir, manifest, Artifact.RELIABILITY_PLOT)
+    return calibration
