@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from schemas.labels import CLASSES
 
 MANIFEST_FILE = "manifest.json"
-# Test-time augmentation: none, horizontal flip, or flip x five shifted crops (ten views).
+# Test-time augmentation: none, horizontal flip, or the ten-crop (four corners and the centre, and their mirrors).
 TtaMode = Literal["none", "flip", "crops"]
 
 

@@ -186,7 +186,7 @@ def test_tta_of_evaluate_and_of_the_service_agree(model_dir, capsys):
     model = load_eager_model(model_dir, manifest, torch.device("cpu"))
     with torch.no_grad():
         expected = predict_with_tta(lambda b: model(torch.from_numpy(b)).numpy(), faces.images[:8, None].numpy(),
-                                    "flip")
+                                    "flip", manifest.temperature)  # as calibrated at export
     assert np.abs(served - expected).max() < 1e-5
     assert training_main(["evaluate", "--model", str(model_dir), "--data", "synthetic:100"]) == 0
     assert json.loads(capsys.readouterr().out)["tta"] == "flip"
@@ -243,3 +243,19 @@ def test_export_measures_faithfulness_and_the_service_shows_it(model_dir, tmp_pa
         assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
         assert len(row["cascade"]) == 11 and isinstance(row["passes_sanity_check"], bool)
     assert all(isinstance(m["passes_sanity_check"], bool) for m in methods)
+
+
+def test_ten_crop_is_the_corners_and_centre_and_their_mirrors():
+    from service.runtime.tta import CROP
+
+    images = np.zeros((1, 1, 48, 48), dtype=np.uint8)
+    images[..., :24, :24] = 200  # the top-left quarter bright
+    crops = views(images, "crops")
+    side = round(48 * CROP)
+    assert len(crops) == 10 and all(c.shape == images.shape and c.dtype == np.uint8 for c in crops)
+    top_left, top_right, bottom_left, bottom_right, centre = (c[0, 0] for c in crops[:5])
+    assert top_left[:24 * 48 // side - 1, :24 * 48 // side - 1].min() == 200  # the corner crop enlarges the quarter
+    assert top_right[0, -1] == 0 and bottom_left[-1, 0] == 0 and bottom_right[0, 0] == 200 < 255
+    assert centre[0, 0] == 200 and centre[-1, -1] == 0
+    for original, mirrored in zip(crops[:5], crops[5:]):
+        assert np.array_equal(mirrored, original[..., ::-1])

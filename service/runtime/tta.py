@@ -1,20 +1,31 @@
 """Test-time augmentation: the views of a uint8 batch whose probabilities are averaged.
 
-`crops` is flip x five crops: the image and four copies shifted by `SHIFT` pixels diagonally (edges
-replicated), the 48x48 analogue of ten-crop evaluation.
+`crops` is the published ten-crop (Krizhevsky et al. 2012; the FER2013 papers evaluate with it): the four corner
+crops and the centre crop of `CROP` of the side, each resized back to the input size, and their mirror images.
+`CROP` = 0.9 is the largest zoom the training augmentation draws (`--aug-scale 0.9 1.1`), so each view is a face
+framed as the network saw faces in training.
 """
 
 from collections.abc import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-SHIFT = 3
+CROP = 0.9
 
 
-def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    padded = np.pad(images, ((0, 0), (0, 0), (SHIFT, SHIFT), (SHIFT, SHIFT)), mode="edge")
+def _ten_crop(images: np.ndarray) -> list[np.ndarray]:
     height, width = images.shape[-2:]
-    return padded[..., SHIFT + dy:SHIFT + dy + height, SHIFT + dx:SHIFT + dx + width]
+    side_y, side_x = round(height * CROP), round(width * CROP)
+    corners = [(0, 0), (0, width - side_x), (height - side_y, 0), (height - side_y, width - side_x),
+               ((height - side_y) // 2, (width - side_x) // 2)]
+    crops = []
+    for top, left in corners:
+        patch = torch.from_numpy(np.ascontiguousarray(images[..., top:top + side_y, left:left + side_x])).float()
+        resized = F.interpolate(patch, size=(height, width), mode="bilinear", align_corners=False)
+        crops.append(resized.round().clamp(0, 255).to(torch.uint8).numpy())
+    return crops + [crop[..., ::-1] for crop in crops]
 
 
 def views(images: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -25,8 +36,7 @@ def views(images: np.ndarray, mode: str) -> list[np.ndarray]:
     if mode == "flip":
         return flips
     if mode == "crops":
-        offsets = [(0, 0), (-SHIFT, -SHIFT), (-SHIFT, SHIFT), (SHIFT, -SHIFT), (SHIFT, SHIFT)]
-        return [_shift(flipped, dy, dx) for flipped in flips for dy, dx in offsets]
+        return _ten_crop(images)
     raise ValueError(f"unknown test-time augmentation {mode!r}: expected none, flip or crops")
 
 
