@@ -108,12 +108,13 @@ class PredictResponse(BaseModel):
 class FaceSaliency(Face):
     target: str
     target_index: int
-    predicted: str
+    predicted: str = Field(description="The class /predict gives this face (the model's TTA and calibration).")
     confidence: float
+    probabilities: dict[str, float] = Field(description="As /predict gives them for this face.")
     height: int
     width: int
     saliency: list[list[float]] = Field(description="Normalised to [0, 1], at the model's input resolution, over "
-                                                    "the face crop (upright, as the model saw it).")
+                                                    "the face crop (upright, as the model saw it, not mirrored).")
 
 
 class ImageSaliency(ImageFaces):

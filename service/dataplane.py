@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from starlette.concurrency import run_in_threadpool
 
 from service.admission import ExplanationPool
@@ -237,7 +238,11 @@ class DataPlane:
                        check_faces: Callable[[int], None] | None = None) -> Explained:
         """One map per face, computed as one batch on the explanation pool. Admitted before the images are read
         and decoded (Busy or Draining at once when the slots are full); the cost budget is checked on the faces
-        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work."""
+        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work.
+
+        Each face's probabilities and predicted class are the ones classify gives it (through the batcher, with the
+        model's TTA and calibration), and its map explains that class unless the query names another: one answer
+        per face whichever endpoint asks. The map is taken on the face as sent (not its mirror image)."""
         model = self.served()
         with self.explanations.admitted() as ticket:
             uploaded = await self.decode(await source(), keep_upright)
@@ -249,9 +254,11 @@ class DataPlane:
             maps, targets = np.zeros((0, 1, 1), dtype=np.float32), []
             probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
             if len(uploaded.crops):
-                maps, targets, probabilities = await self.explanations.run(
-                    ticket, connection, model.saliency, uploaded.crops, query.method, target, query.layer)
-                maps, targets, probabilities = maps.numpy(), targets.tolist(), probabilities.numpy()
+                probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).probabilities, np.float32)
+                targets = torch.from_numpy(probabilities.argmax(1)) if target is None else target
+                maps, targets, _ = await self.explanations.run(
+                    ticket, connection, model.saliency, uploaded.crops, query.method, targets, query.layer)
+                maps, targets = maps.numpy(), targets.tolist()
         self._count(endpoint, len(uploaded.crops))
         return Explained(uploaded, maps.astype(np.float32), targets, probabilities.astype(np.float32),
                          (time.perf_counter() - started) * 1000)

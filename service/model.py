@@ -21,7 +21,7 @@ from service.faces import Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
 from service.runtime.modeldir import Artifact, ModelDirError, artifact_path, load_eager_model, load_manifest, read_json
 from service.photos import FaceOptions, FoundFace, Photo, find_faces, is_face_crop
-from service.runtime.tta import calibrate, predict_with_tta
+from service.runtime.tta import predict_with_tta
 from service.settings import Settings
 
 
@@ -120,9 +120,9 @@ class FerModel:
     def saliency(self, images: np.ndarray, method: str, target: int | None, layer: str | None = None,
                  cancel: threading.Event | None = None):
         started = time.perf_counter()
-        maps, targets, probabilities = self.explainer.saliency(torch.from_numpy(images), method, target, layer, cancel)
+        result = self.explainer.saliency(torch.from_numpy(images), method, target, layer, cancel)
         self.metrics.explanation_time.labels(method).observe(time.perf_counter() - started)
-        return maps, targets, torch.from_numpy(calibrate(probabilities.numpy(), self.manifest.temperature))
+        return result
 
     def cached_filters(self, request: FilterRequest) -> FilterResult | None:
         """The visualisation from memory or the precomputed files, if it is there."""

@@ -91,3 +91,25 @@ def check_integer(parameters: dict, key: str, default: int, low: int, high: int 
         bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise InvalidParameter(f"parameter {key!r} must be an integer {bounds}, got {value!r}")
     return value
+
+
+FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters
+
+
+def parse_filters(text: str, limit: int) -> tuple[int, ...]:
+    """`/filters`' query '0-15' or '0,3,8-11' as indices; checked against the layer by checked_filter_request."""
+    indices: list[int] = []
+    quoted = excerpt(text, 40)
+    for part in text.replace(" ", "").split(","):
+        match = FILTERS_PART.fullmatch(part)
+        if not match:
+            raise InvalidParameter(f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
+                                   "0-15 or 0,3,8-11")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise InvalidParameter(f"query parameter `filters`: range {part} runs backwards")
+        if len(indices) + last - first + 1 > limit:  # before expanding a range such as 0-999999
+            raise InvalidParameter(f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
+                                   "in one request")
+        indices.extend(range(first, last + 1))
+    return tuple(indices)

@@ -138,3 +138,31 @@ def test_detection_metrics_are_recorded(photo_client):
     faces_of(photo_client, jpeg(ASTRONAUT))
     text = photo_client.get("/metrics").text
     assert "fer_faces_per_image_bucket" in text and "fer_face_detection_seconds_count" in text
+
+
+def test_each_face_gets_one_answer_from_predict_saliency_and_v2(photo_client):
+    photos = [jpeg(ASTRONAUT), face_bytes("sad"), face_bytes("happy", seed=3)]
+    predicted = photo_client.post("/predict", files=upload(*photos)).json()["predictions"]
+    faces = [face for image in predicted for face in image["faces"]]
+    assert len(faces) == 3 and faces[0]["source"] == "detector"
+    for method in ("vanilla", "gradcam"):
+        explained = photo_client.post(f"/saliency?format=json&method={method}", files=upload(*photos)).json()
+        maps = [face for image in explained["images"] for face in image["faces"]]
+        for face, mapped in zip(faces, maps):
+            assert mapped["predicted"] == mapped["target"] == face["label"] and mapped["box"] == face["box"]
+            for name, probability in face["probabilities"].items():
+                assert abs(mapped["probabilities"][name] - probability) < 1e-5
+    overlay = photo_client.post("/saliency?format=overlay", files=upload(*photos))
+    assert overlay.headers["x-predicted"].split(",") == [face["label"] for face in faces]
+    # v2 takes each image whole: the crops' answers are /predict's with faces=none
+    whole = photo_client.post("/predict?faces=none", files=upload(*photos[1:])).json()["predictions"]
+    import base64
+
+    inputs = [{"name": "images", "datatype": "BYTES", "shape": [2], "data": [base64.b64encode(p).decode()
+                                                                           for p in photos[1:]]}]
+    for model in ("fer-resnet18", "fer-resnet18-saliency"):
+        answer = photo_client.post(f"/v2/models/{model}/infer", json={"inputs": inputs}).json()
+        probabilities = next(o for o in answer["outputs"] if o["name"] == "probabilities")["data"]
+        for i, image in enumerate(whole):
+            expected = list(image["faces"][0]["probabilities"].values())
+            assert max(abs(a - b) for a, b in zip(probabilities[i * 7:(i + 1) * 7], expected)) < 1e-5

@@ -1,4 +1,3 @@
-import re
 from typing import Literal
 
 import numpy as np
@@ -18,8 +17,8 @@ from schemas.api import (
 from service.dataplane import SaliencyQuery
 from service.deps import Plane, ServedModel, UploadReader, get_settings
 from service.drawing import annotate, grid, grid_size, heatmap, png_bytes, side_by_side
-from service.runtime.images import ImageError, excerpt
-from service.parameters import InvalidParameter, check_layer
+from service.runtime.images import ImageError
+from service.parameters import check_layer, parse_filters
 from service.runtime.explain import METHODS
 from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
@@ -65,7 +64,9 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
                                 faces_truncated=photo.truncated, reason=photo.reason, faces=[
                                     FaceSaliency(**face_fields(face), target=classes[targets[i]],
                                                  target_index=targets[i], predicted=classes[predicted[i]],
-                                                 confidence=confidence[i], height=maps[i].shape[0],
+                                                 confidence=confidence[i],
+                                                 probabilities=dict(zip(classes, result.probabilities[i].tolist())),
+                                                 height=maps[i].shape[0],
                                                  width=maps[i].shape[1], saliency=maps[i].round(decimals=4).tolist())
                                     for face, i in zip(photo.faces, rows)])
                   for photo in result.uploaded.photos]
@@ -110,7 +111,7 @@ async def filters(request: Request, plane: Plane, model: ServedModel, settings: 
                   columns: int = Query(8, ge=1, le=64)):
     """The inputs that most activate each filter (gradient ascent), or conv1's raw kernels (mode=weights)."""
     check_layer(model, layer)  # an unknown path is a 404 whatever the query says
-    indices = _parse_filters(filters, settings.max_filters_per_request)
+    indices = parse_filters(filters, settings.max_filters_per_request)
 
     def fits_the_picture(side: int) -> None:  # refuse an oversized picture before any work
         if format == "png":
@@ -127,25 +128,3 @@ async def filters(request: Request, plane: Plane, model: ServedModel, settings: 
     content = await run_in_threadpool(lambda: png_bytes(grid(tiles, columns, scale, settings.max_png_pixels)))
     return Response(content, media_type="image/png", headers={"X-Cache": "hit" if cached else "miss",
                                                               "X-Filters": ",".join(map(str, indices))})
-
-
-FILTERS_PART = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?")  # ASCII digits, short: no layer has a million filters
-
-
-def _parse_filters(text: str, limit: int) -> tuple[int, ...]:
-    """'0-15' or '0,3,8-11' as indices; checked against the layer by checked_filter_request."""
-    indices: list[int] = []
-    quoted = excerpt(text, 40)
-    for part in text.replace(" ", "").split(","):
-        match = FILTERS_PART.fullmatch(part)
-        if not match:
-            raise InvalidParameter(f"query parameter `filters`: {quoted!r} is not indices and ranges such as "
-                                   "0-15 or 0,3,8-11")
-        first, last = int(match[1]), int(match[2] or match[1])
-        if last < first:
-            raise InvalidParameter(f"query parameter `filters`: range {part} runs backwards")
-        if len(indices) + last - first + 1 > limit:  # before expanding a range such as 0-999999
-            raise InvalidParameter(f"query parameter `filters`: {quoted!r} asks for more than {limit} filters "
-                                   "in one request")
-        indices.extend(range(first, last + 1))
-    return tuple(indices)

@@ -187,11 +187,13 @@ class Explainer:
         finally:
             self._cancel.event = None
 
-    def saliency(self, images: torch.Tensor, method: str, target: int | None = None, layer: str | None = None,
+    def saliency(self, images: torch.Tensor, method: str, target: int | torch.Tensor | None = None,
+                 layer: str | None = None,
                  cancel: threading.Event | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(maps N x S x S in [0, 1] at the network's input size, target indices, probabilities).
 
-        `images` is uint8 N x 1 x H x W; the target is the predicted class unless one is given.
+        `images` is uint8 N x 1 x H x W; the target is the predicted class unless one is given, for all images
+        (an int) or per image (a tensor of N indices).
         """
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(METHODS)}")
@@ -206,8 +208,12 @@ class Explainer:
             else:
                 with torch.no_grad():
                     probabilities = torch.softmax(self.model.net(inputs), 1)
-                targets = probabilities.argmax(1) if target is None \
-                    else torch.full_like(probabilities[:, 0], target).long()
+                if target is None:
+                    targets = probabilities.argmax(1)
+                elif isinstance(target, torch.Tensor):
+                    targets = target.to(probabilities.device).long()
+                else:
+                    targets = torch.full_like(probabilities[:, 0], target).long()
                 maps = spec.attribute(self, self.model.net, inputs, targets, layer)
         return normalise(maps.detach()).cpu(), targets.cpu(), probabilities.cpu()
 
