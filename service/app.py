@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-                           expose_headers=["X-Targets", "X-Predicted", "X-Cache", "X-Filters", "Retry-After"])
+                           expose_headers=["X-Targets", "X-Predicted", "X-Overlay-Left", "X-Overlay-Scale", "X-Cache",
+                                           "X-Filters", "Retry-After"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

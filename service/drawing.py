@@ -1,6 +1,7 @@
 """Explanation images drawn as PNG: heat maps, grids of tiles, overlays of maps on photos."""
 
 import io
+import math
 
 import matplotlib
 import numpy as np
@@ -48,17 +49,19 @@ def grid(tiles: list[np.ndarray], columns: int, scale: int, max_pixels: int, gap
     return canvas
 
 
-PHOTO_SIDE = (256, 1024)  # overlays are drawn on the photo scaled to fit this range (longer side)
+MIN_SIDE = 256  # smaller photos (face crops) are drawn enlarged to this longer side, so that labels stay legible
 BOX_COLOUR = (0, 255, 128)
 
 
-def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], alpha: float = 0.5) -> np.ndarray:
-    """The photo (RGB) with each face's map blended inside its box, the box drawn and its label written."""
+def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], max_pixels: int, alpha: float = 0.5) -> np.ndarray:
+    """The photo (RGB) with each face's map blended inside its box, the box drawn and its label written, at the
+    photo's own size (the size its boxes are given in): enlarged when its longer side is under MIN_SIDE, reduced
+    when it has more than `max_pixels` pixels."""
     upright = photo.upright if photo.upright.ndim == 3 else np.repeat(photo.upright[..., None], 3, axis=2)
-    longer = max(upright.shape[:2])
-    side = min(max(longer, PHOTO_SIDE[0]), PHOTO_SIDE[1])
-    ratio = side / longer
-    size = (max(1, round(upright.shape[1] * ratio)), max(1, round(upright.shape[0] * ratio)))
+    ratio = min(max(1.0, MIN_SIDE / max(photo.width, photo.height)),
+                math.sqrt(max_pixels / (photo.width * photo.height)))
+    size = (max(1, round(photo.width * ratio)), max(1, round(photo.height * ratio)))
+    side = max(size)
     canvas = np.asarray(Image.fromarray(upright).resize(size, Image.BILINEAR), dtype=np.float32)
     to_canvas = size[0] / photo.width  # upload pixels to canvas pixels
     boxes = []
@@ -82,18 +85,21 @@ def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], alpha: float 
     return np.asarray(drawn)
 
 
-def side_by_side(images: list[np.ndarray], max_pixels: int, gap: int = 4) -> np.ndarray:
-    """RGB images in a row at a common height, shrunk as a whole to stay within `max_pixels`."""
-    height = min(image.shape[0] for image in images)
-    resized = [np.asarray(Image.fromarray(image).resize((max(1, round(image.shape[1] * height / image.shape[0])),
-                                                         height), Image.BILINEAR)) for image in images]
+def side_by_side(images: list[np.ndarray], max_pixels: int, gap: int = 4) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """RGB images in a row at the height of the tallest (so the largest photo keeps its own size), the whole row
+    shrunk to stay within `max_pixels` (each image resized once, straight to its place); and where each one went:
+    (its left edge in the row, the factor it was resized by)."""
+    # at height h the row is h * aspects + gaps wide: the tallest h with h * (h * aspects + gaps) <= max_pixels
+    aspects, gaps = sum(image.shape[1] / image.shape[0] for image in images), gap * (len(images) - 1)
+    fitting = (-gaps + math.sqrt(gaps ** 2 + 4 * aspects * max_pixels)) / (2 * aspects)
+    height = max(1, min(max(image.shape[0] for image in images), math.floor(fitting)))
+    factors = [height / image.shape[0] for image in images]
+    resized = [np.asarray(Image.fromarray(image).resize((max(1, math.floor(image.shape[1] * factor)), height),
+                                                        Image.BILINEAR)) for image, factor in zip(images, factors)]
     row = np.full((height, sum(r.shape[1] for r in resized) + gap * (len(resized) - 1), 3), 255, dtype=np.uint8)
-    left = 0
+    left, lefts = 0, []
     for image in resized:
         row[:, left:left + image.shape[1]] = image
+        lefts.append(left)
         left += image.shape[1] + gap
-    if row.shape[0] * row.shape[1] > max_pixels:
-        ratio = (max_pixels / (row.shape[0] * row.shape[1])) ** 0.5
-        row = np.asarray(Image.fromarray(row).resize((max(1, int(row.shape[1] * ratio)), max(1, int(height * ratio))),
-                                                     Image.BILINEAR))
-    return row
+    return row, list(zip(lefts, factors))

@@ -118,6 +118,23 @@ def test_faces_of_several_images_are_predicted_in_one_batch(photo_client):
     assert [len(image["faces"]) for image in images] == [1, 1, 0]
 
 
+def test_overlays_are_drawn_at_the_photos_own_size_or_say_their_scale(photo_client, model_dir):
+    wide = jpeg(np.asarray(Image.fromarray(ASTRONAUT).resize((1280, 886))))  # the size the photo had
+    response = photo_client.post("/saliency?format=overlay", files=upload(wide))
+    assert Image.open(io.BytesIO(response.content)).size == (1280, 886)
+    assert (response.headers["x-overlay-left"], response.headers["x-overlay-scale"]) == ("0", "1")
+    two = photo_client.post("/saliency?format=overlay", files=upload(wide, face_bytes("sad")))
+    lefts = [int(v) for v in two.headers["x-overlay-left"].split(",")]
+    scales = [float(v) for v in two.headers["x-overlay-scale"].split(",")]
+    assert lefts[0] == 0 and lefts[1] > 1200 and scales[0] == pytest.approx(1, abs=0.01)  # at a common height
+    assert scales[1] == pytest.approx(886 / 48, rel=0.01)  # the 48x48 crop enlarged to the photo's height
+    with make_client(model_dir, max_png_pixels=500_000) as capped:
+        small = capped.post("/saliency?format=overlay", files=upload(wide))
+        scale = float(small.headers["x-overlay-scale"])
+        assert Image.open(io.BytesIO(small.content)).size == (round(1280 * scale), round(886 * scale))
+        assert scale == pytest.approx((500_000 / (1280 * 886)) ** 0.5, rel=0.01)
+
+
 def test_saliency_overlay_on_a_photo_and_json_per_face(photo_client):
     response = photo_client.post("/saliency?faces=detect&format=overlay&method=gradcam",
                                  files=upload(jpeg(ASTRONAUT)))

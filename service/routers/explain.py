@@ -72,22 +72,27 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
                   for photo in result.uploaded.photos]
         return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, images=images)
     labels = [classes[p] for p in predicted]
-    content = await run_in_threadpool(_saliency_png, result.uploaded.photos, maps, labels, format == "overlay", scale,
-                                      settings.max_png_pixels)
+    content, layout = await run_in_threadpool(_saliency_png, result.uploaded.photos, maps, labels, format == "overlay",
+                                              scale, settings.max_png_pixels)
     return Response(content, media_type="image/png", headers={
-        "X-Targets": ",".join(classes[t] for t in targets), "X-Predicted": ",".join(labels)})
+        "X-Targets": ",".join(classes[t] for t in targets), "X-Predicted": ",".join(labels), **layout})
 
 
 def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over_input: bool, scale: int,
-                  max_pixels: int) -> bytes:
+                  max_pixels: int) -> tuple[bytes, dict]:
+    """The PNG, and for overlays where each photo lies in it: a box (x, y, w, h) of photo i is drawn at
+    (left_i + x * scale_i, y * scale_i, w * scale_i, h * scale_i); scale 1 is the photo's own size."""
     if over_input:
         faces = iter(zip(maps, labels))
-        drawn = [annotate(photo, [next(faces) for _ in photo.faces]) for photo in photos]
-        return png_bytes(side_by_side(drawn, max_pixels))
+        drawn = [annotate(photo, [next(faces) for _ in photo.faces], max_pixels) for photo in photos]
+        row, placements = side_by_side(drawn, max_pixels)
+        scales = [factor * image.shape[1] / photo.width for (_, factor), image, photo in zip(placements, drawn, photos)]
+        return png_bytes(row), {"X-Overlay-Left": ",".join(str(left) for left, _ in placements),
+                                "X-Overlay-Scale": ",".join(f"{s:.6g}" for s in scales)}
     if not len(maps):
         raise ImageError("no face found in any image: there is no map to draw (see format=json for the reasons)",
                          status=422)
-    return png_bytes(grid([heatmap(m) for m in maps], len(maps), scale, max_pixels))
+    return png_bytes(grid([heatmap(m) for m in maps], len(maps), scale, max_pixels)), {}
 
 
 @router.get("/filters", response_model=LayersResponse, responses={503: ERRORS[503]})
