@@ -251,7 +251,8 @@ class DataPlane:
             if check_faces is not None:
                 check_faces(len(uploaded.crops))
             started = time.perf_counter()
-            maps, targets = np.zeros((0, 1, 1), dtype=np.float32), []
+            side = model.explainer.model.image_size
+            maps, targets = np.zeros((0, side, side), dtype=np.float32), []
             probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
             if len(uploaded.crops):
                 probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).probabilities, np.float32)

@@ -4,20 +4,27 @@ request's image tensors turned into the data plane's `Images`.
 
 Classifier and saliency take either `images`, BYTES [N] or [N, 1] of encoded images (any format /predict reads;
 base64 strings when sent as JSON rather than binary), or `faces`, UINT8 [N, 1, H, W] at the model's input size.
+The request parameter `faces` chooses how an encoded image's faces are found, as /predict's query does: `none`
+(the default: each image is one face), `detect` or `auto`. Their outputs have a row per face, and `boxes` (INT32
+[F, 4]: x, y, width, height in the image's upright pixels) and `image_index` (INT32 [F]: the input row each face
+came from) say which face of which image each row is.
 """
 
 from dataclasses import dataclass
 from typing import get_args
 
+import numpy as np
 
+from schemas.api import FacesMode
 from schemas.manifest import Manifest
 from service import oip
-from service.dataplane import Images, check_image_count, decode_base64
+from service.dataplane import Images, Uploaded, check_image_count, decode_base64
 from service.oip import ProtocolError
 from service.parameters import check_integer
 from service.runtime.filters import DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
 from service.settings import Settings
 
+FACE_MODES = get_args(FacesMode)
 PLATFORMS = {"torchscript": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names for the formats
 
 
@@ -44,11 +51,13 @@ def model_specs(manifest: Manifest, settings: Settings) -> dict[str, ModelSpec]:
     images = (TensorSpec("images", "BYTES", (-1, 1), optional=True),
               TensorSpec("faces", "UINT8", (-1, 1, height, width), optional=True))
     probabilities = TensorSpec("probabilities", "FP32", (-1, classes))
+    faces = (TensorSpec("boxes", "INT32", (-1, 4)), TensorSpec("image_index", "INT32", (-1,)))
     specs = [
-        ModelSpec(manifest.name, "classifier", images, (probabilities, TensorSpec("label", "BYTES", (-1,))), batch),
+        ModelSpec(manifest.name, "classifier", images,
+                  (probabilities, TensorSpec("label", "BYTES", (-1,)), *faces), batch),
         ModelSpec(f"{manifest.name}-saliency", "saliency", images,
                   (TensorSpec("saliency", "FP32", (-1, side, side)), TensorSpec("target", "INT32", (-1,)),
-                   probabilities), batch),
+                   probabilities, *faces), batch),
         ModelSpec(f"{manifest.name}-filters", "filters",
                   (TensorSpec("layer", "BYTES", (1,)), TensorSpec("filters", "INT32", (-1,))),
                   (TensorSpec("images", "FP32", (-1, -1, -1)), TensorSpec("activations", "FP32", (-1,))), 0),
@@ -139,6 +148,11 @@ def images_input(parsed: oip.Request, input_spec, max_images: int) -> Images:
     tensor = parsed.inputs[given[0]]
     count = tensor.shape[0] if tensor.shape else 0
     check_image_count(count, max_images)
+    faces = parsed.parameters.get("faces", "none")
+    if faces not in FACE_MODES:
+        raise ProtocolError(f"parameter 'faces' must be one of {', '.join(FACE_MODES)}, got {faces!r}")
+    if tensor.name == "faces" and faces != "none":
+        raise ProtocolError("the input `faces` holds face crops already: send `images` to have faces found")
     if tensor.name == "faces":
         expected = [count, 1, input_spec.height, input_spec.width]
         if tensor.shape != expected or count == 0:
@@ -149,7 +163,19 @@ def images_input(parsed: oip.Request, input_spec, max_images: int) -> Images:
         raise ProtocolError(f"`images` must have shape [N] or [N, 1] with N >= 1, got {tensor.shape}")
     names = [f"images[{i}]" for i in range(count)]
     return Images([(name, data if tensor.binary else decode_base64(name, data))
-                   for name, data in zip(names, tensor.data.reshape(-1))], faces="none")
+                   for name, data in zip(names, tensor.data.reshape(-1))], faces=faces)
+
+
+def face_outputs(uploaded: Uploaded) -> dict[str, np.ndarray]:
+    """`boxes` and `image_index` of every face, in the order of the outputs' rows (crops sent as they are are
+    each their own whole image)."""
+    if not uploaded.photos:
+        count, (height, width) = len(uploaded.crops), uploaded.crops.shape[-2:]
+        return {"boxes": np.tile(np.array([0, 0, width, height], dtype=np.int32), (count, 1)),
+                "image_index": np.arange(count, dtype=np.int32)}
+    rows = [(face.box, index) for index, photo in enumerate(uploaded.photos) for face in photo.faces]
+    return {"boxes": np.array([box for box, _ in rows], dtype=np.int32).reshape(-1, 4),
+            "image_index": np.array([index for _, index in rows], dtype=np.int32)}
 
 
 def filters_input(parsed: oip.Request) -> tuple[str, tuple[int, ...], str, int, int]:

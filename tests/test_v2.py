@@ -146,16 +146,19 @@ def test_model_metadata_and_config_describe_the_tensors(client, config, http):
     assert metadata["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1, 1]},
                                   {"name": "faces", "datatype": "UINT8", "shape": [-1, 1, height, width]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 7]},
-                                   {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+                                   {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                                   {"name": "boxes", "datatype": "INT32", "shape": [-1, 4]},
+                                   {"name": "image_index", "datatype": "INT32", "shape": [-1]}]
     assert config["max_batch_size"] == MAX_IMAGES and "dynamic_batching" in config
     assert [(i["name"], i["data_type"], i["dims"], i.get("optional")) for i in config["input"]] == [
         ("images", "TYPE_STRING", [1], True), ("faces", "TYPE_UINT8", [1, height, width], True)]
     assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == [
-        ("probabilities", "TYPE_FP32", [7]), ("label", "TYPE_STRING", [1])]
+        ("probabilities", "TYPE_FP32", [7]), ("label", "TYPE_STRING", [1]), ("boxes", "TYPE_INT32", [4]),
+        ("image_index", "TYPE_INT32", [1])]
     version = metadata["versions"][0]
     assert client.get_model_config(MODEL, version) == config
     saliency = client.get_model_metadata(f"{MODEL}-saliency", version)
-    assert [o["name"] for o in saliency["outputs"]] == ["saliency", "target", "probabilities"]
+    assert [o["name"] for o in saliency["outputs"]] == ["saliency", "target", "probabilities", "boxes", "image_index"]
     filters = client.get_model_config(f"{MODEL}-filters")
     assert filters["max_batch_size"] == 0 and [i["name"] for i in filters["input"]] == ["layer", "filters"]
 
@@ -229,6 +232,32 @@ def test_saliency_model_matches_the_saliency_endpoint(client, http):
         predicted = result.as_numpy("probabilities").argmax(1)
         assert [CLASSES[i] for i in predicted] == [m["predicted"] for m in rest]
     assert result.as_numpy("target").tolist() == [CLASSES.index("happy")] * 3
+
+
+def test_faces_are_found_over_v2_with_their_boxes_and_images_as_predict_finds_them(client, http):
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the dev extra) ships the photos")
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(buffer, format="JPEG", quality=92)
+    data = [images()[0], buffer.getvalue(), images()[1]]  # a crop, a photo with one face, a crop
+    rest = http.post("/predict?faces=auto", files=[("files", (f"{i}.png", d)) for i, d in enumerate(data)]).json()
+    faces = [(i, face) for i, image in enumerate(rest["predictions"]) for face in image["faces"]]
+    for model in (MODEL, f"{MODEL}-saliency"):
+        result = client.infer(model, [bytes_input(data)], parameters={"faces": "auto"})
+        assert result.as_numpy("image_index").tolist() == [i for i, _ in faces] == [0, 1, 2]
+        assert result.as_numpy("boxes").tolist() == [[f["box"][k] for k in ("x", "y", "width", "height")]
+                                                     for _, f in faces]
+        np.testing.assert_allclose(result.as_numpy("probabilities"),
+                                   [[f["probabilities"][c] for c in CLASSES] for _, f in faces], atol=1e-5)
+    whole = client.infer(MODEL, [bytes_input(data)])  # the default: each image whole, as before
+    assert whole.as_numpy("image_index").tolist() == [0, 1, 2] and whole.as_numpy("boxes")[1].tolist() == [0, 0, 512, 512]
+    response = raw_infer(http, MODEL, {**face_header(1, 2304), "parameters": {"faces": "detect"}}, bytes(2304))
+    assert response.status_code == 400 and "holds face crops already" in response.json()["error"]
+    response = raw_infer(http, MODEL, {**face_header(1, 2304), "parameters": {"faces": "all"}}, bytes(2304))
+    assert response.status_code == 400 and "parameter 'faces'" in response.json()["error"]
 
 
 def test_saliency_model_honours_the_gradcam_layer_as_the_saliency_endpoint_does(client, http):

@@ -3,8 +3,8 @@ adapter over the data plane, as the REST routes are.
 
 Three models are served: `<name>` (the classifier), `<name>-saliency` and `<name>-filters` (the explanations as
 models), where `<name>` and the version are the manifest's; their signatures are in service/oip_models.py and the
-tensors are decoded and encoded in service/oip.py. v2 does no face detection: each image is the face. Errors are
-`{"error": "..."}` (service/errors.py).
+tensors are decoded and encoded in service/oip.py. Each image is one face unless the parameter `faces` asks for
+detection. Errors are `{"error": "..."}` (service/errors.py).
 """
 
 import numpy as np
@@ -120,7 +120,7 @@ def _images(plane: DataPlane, parsed: oip.Request):
 async def run_classifier(request: Request, plane: DataPlane, parsed: oip.Request):
     result = await plane.classify(_images(plane, parsed), INFER_PATH)
     labels = oip.bytes_tensor([plane.served().classes[i] for i in result.probabilities.argmax(1)])
-    return {"probabilities": result.probabilities, "label": labels}, {}
+    return {"probabilities": result.probabilities, "label": labels, **oip_models.face_outputs(result.uploaded)}, {}
 
 
 async def run_saliency(request: Request, plane: DataPlane, parsed: oip.Request):
@@ -132,7 +132,7 @@ async def run_saliency(request: Request, plane: DataPlane, parsed: oip.Request):
 
     result = await plane.saliency(read, query, INFER_PATH, request)
     return {"saliency": result.maps, "target": np.asarray(result.targets, dtype=np.int32),
-            "probabilities": result.probabilities}, {"method": query.method}
+            "probabilities": result.probabilities, **oip_models.face_outputs(result.uploaded)}, {"method": query.method}
 
 
 async def run_filters(request: Request, plane: DataPlane, parsed: oip.Request):
