@@ -27,9 +27,6 @@ from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthe
 MIN_GT_FACE = 48
 MATCH_IOU = 0.5
 # Real photographs inside scikit-image, and how many faces each holds (chelsea is a cat).
-PHOTOS = {"astronaut": 1, "camera": 0, "coffee": 0, "chelsea": 0}
-
-
 @dataclass
 class SceneScore:
     faces: int = 0
@@ -96,25 +93,6 @@ def agreement_ceiling(scenes: list[Scene], model, tta: str) -> tuple[int, float,
     return len(originals), float((resampled == served).mean()), float((mirrored == plain).mean())
 
 
-def photos_table(detectors: dict, min_face: int) -> None:
-    try:
-        import skimage.data
-    except ImportError:
-        print("\nscikit-image is not installed: no real photographs (pip install scikit-image)")
-        return
-    print(f"\nReal photographs (scikit-image), faces >= {min_face} px")
-    print("| detector | photo | faces there | found | boxes (x, y, w, h: score) | ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, detector in detectors.items():
-        for photo, expected in PHOTOS.items():
-            image = getattr(skimage.data, photo)()
-            started = time.perf_counter()
-            faces, _ = detect_faces(image, detector, min_face=min_face)
-            ms = 1000 * (time.perf_counter() - started)
-            boxes = "; ".join(f"{face.box}: {face.score:.2f}" for face in faces) or "-"
-            print(f"| {name} | {photo} | {expected} | {len(faces)} | {boxes} | {ms:.0f} |")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faces", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a model directory made by `python -m training`")
@@ -164,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         for source, (faces, resampled, mirrored) in ceilings.items():
             print(f"- {source}: {faces} faces; resampled only {resampled:.1%}; the original's mirror image (no TTA) "
                   f"{mirrored:.1%}")
-    photos_table(detectors, args.min_face)
     return 0
 
 

@@ -34,6 +34,7 @@ class DetectedFace:
 
 
 class Detector(Protocol):
+    default_min_score: float  # the least score a detection needs to be a face, unless FER_MIN_FACE_SCORE says
     name: str
 
     def detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]: ...
@@ -47,6 +48,7 @@ class HaarDetector:
     """OpenCV's Viola-Jones cascade. The score is how many neighbouring windows agreed, n / (n + min_neighbors)."""
 
     name = "haar"
+    default_min_score = 0.0  # its score is neighbour agreement, not a probability: every detection is kept
     BOX_SCALE = 1.03  # the cascade's box is 0.97 of FER2013's framing, centred on it
 
     def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", scale_factor: float = 1.1,
@@ -87,6 +89,10 @@ class HaarDetector:
 
 class MtcnnDetector:
     """MTCNN (Zhang et al. 2016) with facenet-pytorch's weights; the score is O-Net's face probability."""
+
+    # Real faces score >= 0.986 on every photograph measured (bench/photos.py; a group photo's six people), false
+    # faces (a hand, a glass) 0.60-0.71: see docs/benchmarks.md.
+    default_min_score = 0.95
 
     name = "mtcnn"
     # Measured on 114 pasted FER2013 faces: MTCNN's box is 0.80 of FER2013's side wide and 1.03 high (each
@@ -162,10 +168,11 @@ def iou(a: Box, b: Box) -> float:
 
 
 def detect_faces(rgb: np.ndarray, detector: Detector, max_detect_side: int = 640, min_face: int = 48,
-                 max_faces: int = 16, nms_iou: float = 0.3) -> tuple[list[DetectedFace], bool]:
-    """Faces at least `min_face` pixels wide in `rgb` (H x W x 3 or H x W uint8), best first, at most
-    `max_faces` of them, and whether more were found. Detection runs on a copy whose longer side is at most
-    `max_detect_side`; boxes and eyes come back in the coordinates of `rgb`."""
+                 max_faces: int = 16, nms_iou: float = 0.3,
+                 min_score: float = 0.0) -> tuple[list[DetectedFace], bool]:
+    """Faces at least `min_face` pixels wide and scoring at least `min_score` in `rgb` (H x W x 3 or H x W
+    uint8), best first, at most `max_faces` of them, and whether more were found. Detection runs on a copy whose
+    longer side is at most `max_detect_side`; boxes and eyes come back in the coordinates of `rgb`."""
     height, width = rgb.shape[:2]
     scale = min(1.0, max_detect_side / max(height, width, 1))
     small = rgb
@@ -173,7 +180,7 @@ def detect_faces(rgb: np.ndarray, detector: Detector, max_detect_side: int = 640
         small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_AREA)
     found = [_rescale(face, 1 / scale) for face in detector.detect(small, math.floor(min_face * scale))]
-    found = [face for face in found if face.box[2] >= min_face and face.box[3] >= min_face]
+    found = [face for face in found if face.box[2] >= min_face and face.box[3] >= min_face and face.score >= min_score]
     found.sort(key=lambda face: (face.score, face.box[2] * face.box[3]), reverse=True)
     kept: list[DetectedFace] = []
     for face in found:  # greedy non-maximum suppression, best first

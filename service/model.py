@@ -101,8 +101,10 @@ class FerModel:
             return Photo(name, width, height, [FoundFace((0, 0, width, height), None, "whole_image")],
                          grey[None, None], upright=grey if keep_upright else None)
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
+        min_score = self.settings.min_face_score
         options = FaceOptions(size, self.settings.min_face_size, self.settings.max_faces_per_image,
-                              self.settings.detect_max_pixels)
+                              self.settings.detect_max_pixels,
+                              self.detector.default_min_score if min_score is None else min_score)
         started = time.perf_counter()
         with self._detect_lock:  # OpenCV's cascades are not documented as thread-safe
             photo = find_faces(image, name, original, options, self.detector)

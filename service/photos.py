@@ -39,6 +39,7 @@ class FaceOptions:
     min_face: int
     max_faces: int
     max_detect_pixels: int
+    min_score: float = 0.0  # the detector's score a face needs
 
 
 def is_face_crop(size: tuple[int, int] | None, max_side: int) -> bool:
@@ -56,7 +57,8 @@ def find_faces(image: np.ndarray, filename: str, original_size: tuple[int, int],
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     scale = image.shape[1] / width  # decoded pixels per uploaded pixel
     detected, truncated = detect_faces(image, detector, _detection_side(image, options.max_detect_pixels),
-                                       max(1, round(options.min_face * scale)), options.max_faces)
+                                       max(1, round(options.min_face * scale)), options.max_faces,
+                                       min_score=options.min_score)
     reason = None if detected else f"no face of at least {options.min_face} pixels found"
     return Photo(filename, width, height, [_found(face, scale) for face in detected],
                  _crops(grey, detected, options.size), truncated, reason, image)

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_faces_per_image: int = Field(32, ge=1, description="Faces kept per image, best first; the response "
                                                            "says when more were found.")
     min_face_size: int = Field(40, ge=8, description="Smallest face side, in pixels of the uploaded image.")
+    min_face_score: float | None = Field(None, ge=0, le=1, description=(
+        "The least detection score a face needs; default: the detector's own (MTCNN 0.95, chosen on real photos: "
+        "docs/benchmarks.md; Haar 0, its score is not a probability)."))
     detect_max_pixels: int = Field(1_000_000, ge=4096, description="Detection runs on a copy of at most this "
                                                                    "many pixels (boxes in the upload's pixels).")
     photo_max_pixels: int = Field(4_194_304, ge=4096, description="Photos are decoded to at most this many "

@@ -158,3 +158,17 @@ def test_detection_on_fer2013_composites(detector):
     recall, precision = _recall_precision(detector, make_scenes(6, fer2013_source(), seed=5))
     min_recall, min_precision = FER2013_FLOOR[detector.name]
     assert recall >= min_recall and precision >= min_precision, (recall, precision)
+
+
+def test_detections_under_the_minimum_score_are_not_faces():
+    class Scored:
+        default_min_score = 0.95
+
+        def detect(self, rgb, min_size):
+            return [DetectedFace((10, 10, 60, 60), 0.71, None), DetectedFace((100, 10, 60, 60), 0.999, None)]  # glass, face
+
+    image = np.zeros((200, 200, 3), dtype=np.uint8)
+    assert [face.score for face in detect_faces(image, Scored(), min_score=0.95)[0]] == [0.999]
+    assert len(detect_faces(image, Scored())[0]) == 2
+    assert make_detector("mtcnn").default_min_score == 0.95 if "mtcnn" in DETECTORS else True
+    assert make_detector("haar").default_min_score == 0.0
