@@ -4,8 +4,7 @@ For each detector and face source (FER2013 validation faces where `../shared/dat
 procedural faces always): recall and precision at IoU >= 0.5 for faces of 48 px and more, ms per scene and,
 with `--model`, the share of found faces whose predicted label equals the label predicted on the original
 48x48 crop (both with the model's test-time augmentation, as served), how often each of the two is the face's
-true label, and what a perfect detector could reach.
-Then the detectors on the real photographs scikit-image ships. Prints a table per part.
+true label, and what a perfect detector could reach. Prints a table per part. Real photographs: bench/photos.py.
 """
 
 import argparse

@@ -7,9 +7,10 @@ from pydantic import BaseModel, Field
 from schemas.manifest import Manifest
 
 FacesMode = Literal["auto", "detect", "none"]
-FACES_DESCRIPTION = ("auto: detect faces; where none is found in a small, roughly square image, take the whole "
-                     "image as one face (FER2013-style crops). detect: faces the detector finds only. none: the "
-                     "whole image is one face.")
+FACES_DESCRIPTION = ("auto: a face crop (at most FER_WHOLE_IMAGE_MAX_SIDE, 256 px, on its longer side and roughly "
+                     "square, as its header says) is one face, taken whole without detection; faces are detected in "
+                     "anything larger. detect: faces the detector finds, in every image. none: the whole image is "
+                     "one face.")
 
 
 class ErrorResponse(BaseModel):

@@ -48,8 +48,9 @@ def check_range(low_high: tuple[float, float]) -> tuple[float, float]:
 
 class TrainingConfig(BaseModel):
     """What a training run computes (every `train` option, in the order the parser and the card list them) and,
-    after them, what it recorded of where it ran. Defaults added with later options are the values earlier runs
-    used, so older cards and checkpoints read true."""
+    after them, what it recorded of where it ran. Options added after the first runs (schedule, warmup_epochs,
+    aug_*, erasing, consistency, reframe_*, input_size, val_fraction) default to the values earlier runs used, so
+    older cards and checkpoints, which record every other option, read true."""
 
     data: str = option("synthetic", "synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
     architecture: str = option("resnet18", "network, by its name in the architecture registry")
@@ -110,6 +111,8 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _warm_up_within_the_schedule(self) -> "TrainingConfig":
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError("--warmup-epochs applies to --schedule cosine (one-cycle warms up for 15 % of the steps)")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs:g} is not shorter than --epochs {self.epochs}")
         return self
@@ -241,7 +244,7 @@ class Manifest(BaseModel):
     artifacts: dict[str, ArtifactInfo] = Field(description="torchscript, onnx, and the report files, by role.")
     libraries: dict[str, str]
 
-    @property
-    def temperature(self) -> float:
-        """What the served probabilities are calibrated with (1: as the model gives them)."""
-        return self.calibration.temperature if self.calibration else 1.0
+    def temperature(self, tta: str) -> float:
+        """What probabilities under `tta` are calibrated with: the fitted temperature for the TTA it was fitted
+        with, 1 (as the model gives them) for any other or where none was fitted."""
+        return self.calibration.temperature if self.calibration and self.calibration.tta == tta else 1.0

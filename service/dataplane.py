@@ -22,10 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.admission import ExplanationPool
 from service.batching import DynamicBatcher
-from service.runtime.images import ImageError, declared_size, excerpt
 from service.metrics import Metrics
 from service.model import FerModel
-from service.photos import Photo
 from service.parameters import (
     InvalidParameter,
     check_saliency_cost,
@@ -33,13 +31,15 @@ from service.parameters import (
     checked_filter_request,
     parse_target,
 )
+from service.photos import Photo
 from service.runtime.explain import METHODS
 from service.runtime.filters import FilterRequest, FilterResult
-
+from service.runtime.images import ImageError, declared_size, excerpt
 from service.settings import Settings
 
-# Face crops sent whole (faces=none) of at most this many pixels in all decode on the event loop: in well under a
-# millisecond, less than handing them to a worker thread and back costs (single-image /predict: 183 -> 252 img/s).
+# Face crops taken whole (faces=none, or auto's crops) of at most this many pixels in all decode on the event loop:
+# in well under a millisecond, less than handing them to a worker thread and back costs (single-image /predict:
+# 183 -> 252 img/s).
 INLINE_DECODE_PIXELS = 256 * 256
 INLINE_DECODE_BYTES = 256 * 1024
 
@@ -110,8 +110,9 @@ class Explained:
     uploaded: Uploaded
     maps: np.ndarray  # float32 N x side x side
     targets: list[int]
-    probabilities: np.ndarray  # N x classes, of the explanation's own forward pass
+    probabilities: np.ndarray  # N x classes, as classify gives them (the model's TTA and calibration)
     explain_ms: float
+    rendered: object = None  # what `render` drew of it, within the explanation slot
 
 
 @dataclass
@@ -223,6 +224,11 @@ class DataPlane:
     def check_saliency_query(self, query: SaliencyQuery) -> int | None:
         """The target's index; raises InvalidParameter for a method, target or layer the model cannot take."""
         model = self.served()
+        for name, value, kinds in (("method", query.method, str), ("target", query.target, (str, int)),
+                                   ("layer", query.layer, str)):
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise InvalidParameter(f"parameter `{name}`: {excerpt(repr(value), 40)} is not a "
+                                       f"{'name' if name != 'target' else 'class name or index'}")
         if query.method not in METHODS:
             raise InvalidParameter(f"parameter `method`: unknown saliency method {query.method!r}; expected one of "
                                    f"{', '.join(METHODS)}")
@@ -235,18 +241,20 @@ class DataPlane:
 
     async def saliency(self, source: ImageSource, query: SaliencyQuery, endpoint: str,
                        connection: Connection | None = None, keep_upright: bool = False,
-                       check_faces: Callable[[int], None] | None = None) -> Explained:
+                       check_faces: Callable[[int], None] | None = None,
+                       render: Callable[[Explained], object] | None = None) -> Explained:
         """One map per face, computed as one batch on the explanation pool. Admitted before the images are read
         and decoded (Busy or Draining at once when the slots are full); the cost budget is checked on the faces
-        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work.
+        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work;
+        `render(explained)`, the caller's drawing of the answer, runs on a worker thread within the same slot.
 
         Each face's probabilities and predicted class are the ones classify gives it (through the batcher, with the
         model's TTA and calibration), and its map explains that class unless the query names another: one answer
         per face whichever endpoint asks. The map is taken on the face as sent (not its mirror image)."""
         model = self.served()
+        target = self.check_saliency_query(query)  # before any image is read
         with self.explanations.admitted() as ticket:
             uploaded = await self.decode(await source(), keep_upright)
-            target = self.check_saliency_query(query)
             check_saliency_cost(model, query.method, len(uploaded.crops), self.settings.max_explanation_passes)
             if check_faces is not None:
                 check_faces(len(uploaded.crops))
@@ -260,9 +268,12 @@ class DataPlane:
                 maps, targets, _ = await self.explanations.run(
                     ticket, connection, model.saliency, uploaded.crops, query.method, targets, query.layer)
                 maps, targets = maps.numpy(), targets.tolist()
+            explained = Explained(uploaded, maps.astype(np.float32), targets, probabilities.astype(np.float32),
+                                  (time.perf_counter() - started) * 1000)
+            if render is not None:
+                explained.rendered = await run_in_threadpool(render, explained)
         self._count(endpoint, len(uploaded.crops))
-        return Explained(uploaded, maps.astype(np.float32), targets, probabilities.astype(np.float32),
-                         (time.perf_counter() - started) * 1000)
+        return explained
 
     async def filters(self, layer: str, filters: tuple[int, ...], mode: str, steps: int, size: int,
                       connection: Connection | None = None,

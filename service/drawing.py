@@ -53,14 +53,39 @@ MIN_SIDE = 256  # smaller photos (face crops) are drawn enlarged to this longer 
 BOX_COLOUR = (0, 255, 128)
 
 
-def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], max_pixels: int, alpha: float = 0.5) -> np.ndarray:
-    """The photo (RGB) with each face's map blended inside its box, the box drawn and its label written, at the
-    photo's own size (the size its boxes are given in): enlarged when its longer side is under MIN_SIDE, reduced
-    when it has more than `max_pixels` pixels."""
+def overlay(photos, maps_and_labels: list[list[tuple[np.ndarray, str]]], max_pixels: int,
+            gap: int = 4) -> tuple[np.ndarray, list[int], list[float]]:
+    """Each photo with its faces' maps, boxes and labels (`annotate`), side by side at a common height, as large
+    as the largest photo's own size allows within `max_pixels`; and where each photo lies in the picture: its left
+    edge and its scale (picture pixels per photo pixel: a box (x, y, w, h) of photo i is drawn at
+    (left_i + x * scale_i, y * scale_i)). Every photo is drawn once, straight at its final size."""
+    def natural(photo) -> float:
+        """Scale of the photo drawn on its own: its size, no larger than its decoded pixels hold (a face crop
+        taken whole is decoded at the model's input size), and at least MIN_SIDE on the longer side."""
+        longer = max(photo.width, photo.height)
+        return max(min(1.0, max(photo.upright.shape[:2]) / longer), MIN_SIDE / longer)
+
+    heights = [photo.height * natural(photo) for photo in photos]
+    tallest = max(heights)
+    # at height h the row is h * aspects + gaps wide: the tallest h (up to the tallest photo's) within max_pixels
+    aspects, gaps = sum(photo.width / photo.height for photo in photos), gap * (len(photos) - 1)
+    fitting = (-gaps + math.sqrt(gaps ** 2 + 4 * aspects * max_pixels)) / (2 * aspects)
+    height = max(1, min(round(tallest), math.floor(fitting)))
+    sizes = [(max(1, math.floor(photo.width * height / photo.height)), height) for photo in photos]
+    row = np.full((height, sum(w for w, _ in sizes) + gaps, 3), 255, dtype=np.uint8)
+    lefts, left = [], 0
+    for photo, faces, size in zip(photos, maps_and_labels, sizes):
+        row[:, left:left + size[0]] = annotate(photo, faces, size)
+        lefts.append(left)
+        left += size[0] + gap
+    return row, lefts, [size[0] / photo.width for photo, size in zip(photos, sizes)]
+
+
+def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], size: tuple[int, int],
+             alpha: float = 0.5) -> np.ndarray:
+    """The photo (RGB) drawn at `size` (width, height) with each face's map blended inside its box, the box drawn
+    and its label written."""
     upright = photo.upright if photo.upright.ndim == 3 else np.repeat(photo.upright[..., None], 3, axis=2)
-    ratio = min(max(1.0, MIN_SIDE / max(photo.width, photo.height)),
-                math.sqrt(max_pixels / (photo.width * photo.height)))
-    size = (max(1, round(photo.width * ratio)), max(1, round(photo.height * ratio)))
     side = max(size)
     canvas = np.asarray(Image.fromarray(upright).resize(size, Image.BILINEAR), dtype=np.float32)
     to_canvas = size[0] / photo.width  # upload pixels to canvas pixels
@@ -83,23 +108,3 @@ def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], max_pixels: i
     if not boxes:
         pen.text((4, 4), photo.reason or "no face", fill=BOX_COLOUR)
     return np.asarray(drawn)
-
-
-def side_by_side(images: list[np.ndarray], max_pixels: int, gap: int = 4) -> tuple[np.ndarray, list[tuple[int, float]]]:
-    """RGB images in a row at the height of the tallest (so the largest photo keeps its own size), the whole row
-    shrunk to stay within `max_pixels` (each image resized once, straight to its place); and where each one went:
-    (its left edge in the row, the factor it was resized by)."""
-    # at height h the row is h * aspects + gaps wide: the tallest h with h * (h * aspects + gaps) <= max_pixels
-    aspects, gaps = sum(image.shape[1] / image.shape[0] for image in images), gap * (len(images) - 1)
-    fitting = (-gaps + math.sqrt(gaps ** 2 + 4 * aspects * max_pixels)) / (2 * aspects)
-    height = max(1, min(max(image.shape[0] for image in images), math.floor(fitting)))
-    factors = [height / image.shape[0] for image in images]
-    resized = [np.asarray(Image.fromarray(image).resize((max(1, math.floor(image.shape[1] * factor)), height),
-                                                        Image.BILINEAR)) for image, factor in zip(images, factors)]
-    row = np.full((height, sum(r.shape[1] for r in resized) + gap * (len(resized) - 1), 3), 255, dtype=np.uint8)
-    left, lefts = 0, []
-    for image in resized:
-        row[:, left:left + image.shape[1]] = image
-        lefts.append(left)
-        left += image.shape[1] + gap
-    return row, list(zip(lefts, factors))

@@ -115,11 +115,12 @@ class FerModel:
         return photo
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA."""
-        return predict_with_tta(self.backend.predict, images, self.tta, self.manifest.temperature)
+        """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA and, for the
+        TTA it was fitted with, its calibration."""
+        return predict_with_tta(self.backend.predict, images, self.tta, self.manifest.temperature(self.tta))
 
     # --- explain -------------------------------------------------------------------------------------
-    def saliency(self, images: np.ndarray, method: str, target: int | None, layer: str | None = None,
+    def saliency(self, images: np.ndarray, method: str, target: int | torch.Tensor | None, layer: str | None = None,
                  cancel: threading.Event | None = None):
         started = time.perf_counter()
         result = self.explainer.saliency(torch.from_numpy(images), method, target, layer, cancel)

@@ -237,7 +237,8 @@ def classify(probabilities: np.ndarray, count: int, labels: list[str]) -> np.nda
     rows = [[f"{np.float32(row[i])!s}:{i}:{labels[i]}".encode() for i in indices]
             for row, indices in zip(probabilities, top)]
     array = np.empty((len(rows), count), dtype=object)
-    array[:] = rows
+    for i, row in enumerate(rows):  # row by row: no rows (no face found) is a [0, count] tensor
+        array[i] = row
     return array
 
 

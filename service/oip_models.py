@@ -139,8 +139,9 @@ def wanted_outputs(spec: ModelSpec, request: oip.Request, classes: int) -> list[
 
 
 def images_input(parsed: oip.Request, input_spec, max_images: int) -> Images:
-    """`images` (decoded like /predict's uploads, each image whole: the protocol's one row per input) or `faces`
-    (used as they are), checked against the model's input size and the image-count limit."""
+    """`images` (decoded like /predict's uploads; each image whole, the protocol's one row per input, unless the
+    parameter `faces` asks for detection) or `faces` (used as they are), checked against the model's input size and
+    the image-count limit."""
     given = [name for name in ("images", "faces") if name in parsed.inputs]
     if len(given) != 1:
         raise ProtocolError("send exactly one of the inputs `images` (BYTES, encoded images) and `faces` "

@@ -10,7 +10,7 @@ import torch
 
 from schemas.manifest import Calibration
 from service.runtime.backends import load_backend
-from service.runtime.modeldir import load_manifest, write_manifest
+from service.runtime.modeldir import load_manifest
 from service.runtime.tta import calibrate, predict_with_tta
 from training.calibration import fit_temperature, record_calibration
 from training.data import load_split
@@ -56,7 +56,7 @@ def test_every_backend_and_tta_apply_the_temperature_alike_and_no_label_changes(
     backends = {name: load_backend(hot_model_dir, manifest, name, torch.device("cpu"))[0]
                 for name in ("torchscript", "onnx")}
     for tta in ("none", "flip", "crops"):
-        served = {name: predict_with_tta(b.predict, faces, tta, manifest.temperature) for name, b in backends.items()}
+        served = {name: predict_with_tta(b.predict, faces, tta, 0.4) for name, b in backends.items()}
         raw = predict_with_tta(backends["torchscript"].predict, faces, tta)
         np.testing.assert_allclose(served["torchscript"], served["onnx"], atol=1e-4)
         np.testing.assert_allclose(served["torchscript"], calibrate(raw, 0.4), atol=1e-6)
@@ -76,6 +76,16 @@ def test_the_service_serves_calibrated_probabilities_and_shows_the_calibration(h
         assert client.get("/model").json()["manifest"]["calibration"]["temperature"] == 0.4
 
 
+def served_probabilities(client, data: bytes) -> np.ndarray:
+    face = client.post("/predict?faces=none", files=upload(data)).json()["predictions"][0]["faces"][0]
+    return np.array(list(face["probabilities"].values()))
+
+
+def uncalibrated(client, data: bytes) -> np.ndarray:
+    model = client.app.state.plane.model
+    return predict_with_tta(model.backend.predict, model.preprocess([("f", data)], "none")[0].crops, model.tta)[0]
+
+
 def test_a_manifest_without_a_temperature_still_loads_and_serves_as_it_did(hot_model_dir):
     path = hot_model_dir / "manifest.json"
     older = json.loads(path.read_text())
@@ -83,14 +93,17 @@ def test_a_manifest_without_a_temperature_still_loads_and_serves_as_it_did(hot_m
     older["artifacts"].pop("reliability_plot")
     path.write_text(json.dumps(older))
     manifest = load_manifest(hot_model_dir)
-    assert manifest.calibration is None and manifest.temperature == 1.0
-    write_manifest(hot_model_dir, manifest)
+    assert manifest.calibration is None and manifest.temperature("flip") == 1.0
     with make_client(hot_model_dir) as client:
-        assert client.post("/predict?faces=none", files=upload(face_bytes("sad"))).status_code == 200
+        data = face_bytes("sad")
+        np.testing.assert_allclose(served_probabilities(client, data), uncalibrated(client, data), atol=1e-6)
+
+
+def test_the_temperature_applies_to_the_tta_it_was_fitted_with_only(hot_model_dir):
+    assert load_manifest(hot_model_dir).temperature("crops") == 1.0
+    with make_client(hot_model_dir, tta="crops") as client:  # FER_TTA overrides the manifest's flip
+        data = face_bytes("happy")
+        np.testing.assert_allclose(served_probabilities(client, data), uncalibrated(client, data), atol=1e-6)
     with pytest.raises(ValueError):
-        Calibration(**{**load_manifest_calibration_example(), "temperature": 0})
-
-
-def load_manifest_calibration_example() -> dict:
-    return {"temperature": 1.0, "split": "val", "samples": 1, "tta": "flip", "ece_before": 0, "ece_after": 0,
-            "nll_before": 0, "nll_after": 0, "reliability_before": [], "reliability_after": []}
+        Calibration(temperature=0, split="val", samples=1, tta="flip", ece_before=0, ece_after=0, nll_before=0,
+                    nll_after=0, reliability_before=[], reliability_after=[])

@@ -8,9 +8,9 @@ import pytest
 
 from service.admission import Draining
 from service.dataplane import DataPlane, Images, NotReady, SaliencyQuery
-from service.runtime.images import ImageError
 from service.metrics import Metrics
 from service.parameters import InvalidParameter
+from service.runtime.images import ImageError
 from service.settings import Settings
 
 from .images import face_bytes

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from bench.faces import match
-from service.faces import DETECTORS, DetectedFace, crop_face, detect_faces, iou, make_detector
+from service.faces import (
+    DETECTORS,
+    DetectedFace,
+    HaarDetector,
+    MtcnnDetector,
+    crop_face,
+    detect_faces,
+    iou,
+    make_detector,
+)
 from tests.scenes import FER2013_VAL, MAX_FACES, fer2013_source, make_scenes, synthetic_source
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the dev extra) ships the photographs")
@@ -170,5 +179,4 @@ def test_detections_under_the_minimum_score_are_not_faces():
     image = np.zeros((200, 200, 3), dtype=np.uint8)
     assert [face.score for face in detect_faces(image, Scored(), min_score=0.95)[0]] == [0.999]
     assert len(detect_faces(image, Scored())[0]) == 2
-    assert make_detector("mtcnn").default_min_score == 0.95 if "mtcnn" in DETECTORS else True
-    assert make_detector("haar").default_min_score == 0.0
+    assert (MtcnnDetector.default_min_score, HaarDetector.default_min_score) == (0.95, 0.0)

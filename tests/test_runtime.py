@@ -186,7 +186,7 @@ def test_tta_of_evaluate_and_of_the_service_agree(model_dir, capsys):
     model = load_eager_model(model_dir, manifest, torch.device("cpu"))
     with torch.no_grad():
         expected = predict_with_tta(lambda b: model(torch.from_numpy(b)).numpy(), faces.images[:8, None].numpy(),
-                                    "flip", manifest.temperature)  # as calibrated at export
+                                    "flip", manifest.temperature("flip"))  # as calibrated
     assert np.abs(served - expected).max() < 1e-5
     assert training_main(["evaluate", "--model", str(model_dir), "--data", "synthetic:100"]) == 0
     assert json.loads(capsys.readouterr().out)["tta"] == "flip"

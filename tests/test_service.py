@@ -68,7 +68,8 @@ def test_predict_many_faces_in_any_format_size_and_colour(client):
                ("PNG", 300, "RGBA"), ("TIFF", 32, "L")]
     images = [face_bytes(expression, seed=3, fmt=fmt, size=size, mode=mode)
               for expression, (fmt, size, mode) in zip(EXPRESSIONS, formats)]
-    body = client.post("/predict", files=upload(*images)).json()
+    # faces=none: the synthetic faces are drawings, and MTCNN scores the 300 px one 0.66, under FER_MIN_FACE_SCORE
+    body = client.post("/predict?faces=none", files=upload(*images)).json()
     labels = [p["faces"][0]["label"] for p in body["predictions"]]
     assert len(labels) == 7
     assert sum(label == expected for label, expected in zip(labels, EXPRESSIONS)) >= 5, labels

@@ -252,6 +252,12 @@ def test_faces_are_found_over_v2_with_their_boxes_and_images_as_predict_finds_th
                                                      for _, f in faces]
         np.testing.assert_allclose(result.as_numpy("probabilities"),
                                    [[f["probabilities"][c] for c in CLASSES] for _, f in faces], atol=1e-5)
+    blank = io.BytesIO()
+    Image.new("RGB", (400, 300), (128, 128, 128)).save(blank, format="PNG")
+    nothing = client.infer(MODEL, [bytes_input([blank.getvalue()])], parameters={"faces": "detect"},
+                           outputs=[triton.InferRequestedOutput("probabilities", class_count=3),
+                                    triton.InferRequestedOutput("boxes")])
+    assert nothing.as_numpy("probabilities").shape == (0, 3) and nothing.as_numpy("boxes").shape == (0, 4)
     whole = client.infer(MODEL, [bytes_input(data)])  # the default: each image whole, as before
     assert whole.as_numpy("image_index").tolist() == [0, 1, 2] and whole.as_numpy("boxes")[1].tolist() == [0, 0, 512, 512]
     response = raw_infer(http, MODEL, {**face_header(1, 2304), "parameters": {"faces": "detect"}}, bytes(2304))
@@ -377,6 +383,11 @@ BAD_REQUESTS = {
         **face_header(1, 2304), "parameters": {"target": "joy"}}, bytes(2304))),
     "non-ASCII digit target": (400, "unknown target '²'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
         **face_header(1, 2304), "parameters": {"target": "²"}}, bytes(2304))),  # '²' passes str.isdigit
+    "Grad-CAM layer not a name": (400, "parameter `layer`: 4 is not a name", lambda http: raw_infer(
+        http, f"{MODEL}-saliency", {**face_header(1, 2304), "parameters": {"method": "gradcam", "layer": 4}},
+        bytes(2304))),
+    "saliency method not a name": (400, "parameter `method`", lambda http: raw_infer(http, f"{MODEL}-saliency", {
+        **face_header(1, 2304), "parameters": {"method": ["vanilla"]}}, bytes(2304))),
     "unknown Grad-CAM layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
         **face_header(1, 2304), "parameters": {"method": "gradcam", "layer": "layer9"}}, bytes(2304))),
     "unknown layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-filters", {"inputs": [

@@ -10,7 +10,12 @@ import numpy as np
 
 from schemas.manifest import Calibration
 from service.runtime.backends import load_backend
-from service.runtime.modeldir import Artifact, add_artifact, load_manifest, write_manifest
+from service.runtime.modeldir import (
+    Artifact,
+    add_artifact,
+    load_manifest,
+    write_manifest,
+)
 from service.runtime.tta import calibrate
 from training.evaluate import predict_batched
 from training.metrics import expected_calibration_error, reliability

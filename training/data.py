@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from schemas.labels import CLASSES
-from training.errors import TrainingError
 from service.runtime.images import ImageError, decode_image
 from training import synthetic
+from training.errors import TrainingError
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}

@@ -35,7 +35,7 @@ def evaluate_model_dir(model_dir: Path, data: str, split: str = "val", backend: 
     tta = manifest.tta if tta is None else tta
     faces = load_split(data, split, manifest.input.height)
     images = faces.images.unsqueeze(1).numpy()
-    temperature = manifest.temperature if calibrated else 1.0
+    temperature = manifest.temperature(tta) if calibrated else 1.0
     probs = torch.from_numpy(predict_batched(runner.predict, images, tta, batch_size, temperature))
     loss = float(torch.nn.functional.nll_loss(probs.clamp(min=1e-12).log(), faces.labels))
     confusion = confusion_matrix(faces.labels, probs.argmax(1))

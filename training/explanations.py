@@ -7,8 +7,18 @@ from pathlib import Path
 import torch
 
 from service.runtime.explain import Explainer
-from service.runtime.filters import DEFAULT_FILTERS, FilterRequest, FilterStore, compute_filters
-from service.runtime.modeldir import Artifact, add_artifact, load_eager_model, load_manifest
+from service.runtime.filters import (
+    DEFAULT_FILTERS,
+    FilterRequest,
+    FilterStore,
+    compute_filters,
+)
+from service.runtime.modeldir import (
+    Artifact,
+    add_artifact,
+    load_eager_model,
+    load_manifest,
+)
 from training.data import has_split, load_split
 from training.faithfulness import faithfulness_table
 

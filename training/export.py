@@ -175,6 +175,8 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     if has_split(source, "val"):  # the temperature of these weights with this TTA
         faces = load_split(source, "val", state["input_size"])
         calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
+    else:
+        print(f"not calibrated: {source} has no validation split to fit a temperature on (pass --data)")
     return load_manifest(out)
 
 
@@ -223,4 +225,7 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     elif data and has_split(data, "val"):  # weights shipped before calibration: fitted here
         faces = load_split(data, "val", input_size)
         calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
+    else:
+        print(f"not calibrated: {weights.name}'s card has no temperature and no --data with a validation split "
+              "was given to fit one")
     return load_manifest(out)

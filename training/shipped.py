@@ -9,7 +9,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from service.runtime.architectures import FerNet, build_model
-from service.runtime.modeldir import Artifact, artifact_path, file_sha256, load_manifest, read_json
+from service.runtime.modeldir import (
+    Artifact,
+    artifact_path,
+    file_sha256,
+    load_manifest,
+    read_json,
+)
 from training.errors import TrainingError
 
 

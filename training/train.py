@@ -279,8 +279,9 @@ def describe_machine(device: torch.device) -> str:
 RESUMABLE_CHANGES = {"device", "world_size", "precision", "channels_last", "tta", "machine"}
 
 
-def check_resume(saved: dict, config: TrainingConfig, path: Path) -> None:
-    saved = TrainingConfig(**saved).model_dump()  # settings added since take their defaults
+def check_resume(state: dict, config: TrainingConfig, path: Path) -> None:
+    # settings added since take their defaults; the input size was recorded beside the config before it was in it
+    saved = TrainingConfig(**{"input_size": state["input_size"], **state["config"]}).model_dump()
     differences = [f"--{name.replace('_', '-')} {saved.get(name)!r} in the checkpoint, {value!r} now"
                    for name, value in config.model_dump().items()
                    if name not in RESUMABLE_CHANGES | {"parent"} and saved.get(name) != value]
@@ -371,7 +372,7 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
     best_accuracy, start_epoch = -1.0, 0
     if resume and (out / CHECKPOINT_FILE).exists():
         state = torch.load(out / CHECKPOINT_FILE, map_location=device, weights_only=True)
-        check_resume(state["config"], config, out / CHECKPOINT_FILE)
+        check_resume(state, config, out / CHECKPOINT_FILE)
         model.load_state_dict(state["raw_model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])

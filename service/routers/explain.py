@@ -16,13 +16,19 @@ from schemas.api import (
 )
 from service.dataplane import SaliencyQuery
 from service.deps import Plane, ServedModel, UploadReader, get_settings
-from service.drawing import annotate, grid, grid_size, heatmap, png_bytes, side_by_side
-from service.runtime.images import ImageError
+from service.drawing import grid, grid_size, heatmap, overlay, png_bytes
 from service.parameters import check_layer, parse_filters
-from service.runtime.explain import METHODS
-from service.runtime.filters import DEFAULT_FILTERS, DEFAULT_SIZE, DEFAULT_STEPS, SIZES, FilterMode
-from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
 from service.photos import Photo
+from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
+from service.runtime.explain import METHODS
+from service.runtime.filters import (
+    DEFAULT_FILTERS,
+    DEFAULT_SIZE,
+    DEFAULT_STEPS,
+    SIZES,
+    FilterMode,
+)
+from service.runtime.images import ImageError
 from service.settings import Settings
 
 router = APIRouter(tags=["explain"])
@@ -52,8 +58,14 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
         if format == "png" and faces:
             grid_size(faces, (side, side), faces, scale, settings.max_png_pixels)
 
+    def draw(explained) -> tuple[bytes, dict]:  # within the request's explanation slot
+        labels = [model.classes[p] for p in explained.probabilities.argmax(1)]
+        return _saliency_png(explained.uploaded.photos, explained.maps, labels, format == "overlay", scale,
+                             settings.max_png_pixels)
+
     result = await plane.saliency(read, SaliencyQuery(method, target, layer), "/saliency", request,
-                                  keep_upright=True, check_faces=fits_the_picture)
+                                  keep_upright=True, check_faces=fits_the_picture,
+                                  render=draw if format != "json" else None)
     classes, maps, targets = model.classes, result.maps, result.targets
     predicted = result.probabilities.argmax(1).tolist()
     confidence = result.probabilities.max(1).tolist() if len(predicted) else []
@@ -72,8 +84,7 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
                   for photo in result.uploaded.photos]
         return SaliencyResponse(model=model.info(), method=method, timing_ms=timing, images=images)
     labels = [classes[p] for p in predicted]
-    content, layout = await run_in_threadpool(_saliency_png, result.uploaded.photos, maps, labels, format == "overlay",
-                                              scale, settings.max_png_pixels)
+    content, layout = result.rendered
     return Response(content, media_type="image/png", headers={
         "X-Targets": ",".join(classes[t] for t in targets), "X-Predicted": ",".join(labels), **layout})
 
@@ -84,10 +95,8 @@ def _saliency_png(photos: list[Photo], maps: np.ndarray, labels: list[str], over
     (left_i + x * scale_i, y * scale_i, w * scale_i, h * scale_i); scale 1 is the photo's own size."""
     if over_input:
         faces = iter(zip(maps, labels))
-        drawn = [annotate(photo, [next(faces) for _ in photo.faces], max_pixels) for photo in photos]
-        row, placements = side_by_side(drawn, max_pixels)
-        scales = [factor * image.shape[1] / photo.width for (_, factor), image, photo in zip(placements, drawn, photos)]
-        return png_bytes(row), {"X-Overlay-Left": ",".join(str(left) for left, _ in placements),
+        row, lefts, scales = overlay(photos, [[next(faces) for _ in photo.faces] for photo in photos], max_pixels)
+        return png_bytes(row), {"X-Overlay-Left": ",".join(map(str, lefts)),
                                 "X-Overlay-Scale": ",".join(f"{s:.6g}" for s in scales)}
     if not len(maps):
         raise ImageError("no face found in any image: there is no map to draw (see format=json for the reasons)",

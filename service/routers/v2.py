@@ -86,8 +86,8 @@ async def model_config(plane: Plane, name: str, version: str | None = None) -> d
 
 @router.post("/repository/index")
 async def repository_index(plane: Plane) -> list[dict]:
-    model = loaded(plane)
-    state = {"state": "READY"} if model.ready else {"state": "UNAVAILABLE", "reason": "shutting down"}
+    model, readiness = loaded(plane), plane.readiness()
+    state = {"state": "READY"} if readiness == "ready" else {"state": "UNAVAILABLE", "reason": readiness}
     return [{"name": name, "version": model.manifest.version, **state}
             for name in oip_models.model_specs(model.manifest, plane.settings)]
 

@@ -98,7 +98,8 @@ def _onnx(model_dir: Path, manifest: Manifest, device: torch.device, precision: 
         raise RuntimeError("fp16 is offered by the torchscript backend only")
     path = artifact_path(model_dir, manifest, Artifact.ONNX_INT8 if precision == "int8" else Artifact.ONNX)
     if path is None:
-        raise RuntimeError(f"{model_dir} has no int8 model: export it with `python -m training export ... --int8`")
+        raise RuntimeError(f"{model_dir} has no int8 model: export it with `python -m training export ... --int8`"
+                           if precision == "int8" else f"{model_dir}: the manifest lists no `onnx` artifact")
     backend = OnnxBackend(path, device)
     backend.device += " (int8)" if precision == "int8" else ""
     return backend

@@ -10,7 +10,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-
 class ImageError(ValueError):
     """A client's image cannot be used; `status` is the HTTP status to answer with."""
 
