@@ -189,11 +189,12 @@ class Explainer:
 
     def saliency(self, images: torch.Tensor, method: str, target: int | torch.Tensor | None = None,
                  layer: str | None = None,
-                 cancel: threading.Event | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 cancel: threading.Event | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(maps N x S x S in [0, 1] at the network's input size, target indices, probabilities).
 
         `images` is uint8 N x 1 x H x W; the target is the predicted class unless one is given, for all images
-        (an int) or per image (a tensor of N indices).
+        (an int) or per image (a tensor of N indices: the caller has predicted them, so no prediction pass is
+        made and the probabilities are None).
         """
         if method not in METHODS:
             raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(METHODS)}")
@@ -205,17 +206,16 @@ class Explainer:
                 maps = spec.attribute(self, forward, inputs, None, layer)
                 probabilities = torch.softmax(forward.logits, 1)
                 targets = probabilities.argmax(1)
+            elif isinstance(target, torch.Tensor):
+                targets, probabilities = target.to(inputs.device).long(), None
+                maps = spec.attribute(self, self.model.net, inputs, targets, layer)
             else:
                 with torch.no_grad():
                     probabilities = torch.softmax(self.model.net(inputs), 1)
-                if target is None:
-                    targets = probabilities.argmax(1)
-                elif isinstance(target, torch.Tensor):
-                    targets = target.to(probabilities.device).long()
-                else:
-                    targets = torch.full_like(probabilities[:, 0], target).long()
+                targets = probabilities.argmax(1) if target is None \
+                    else torch.full_like(probabilities[:, 0], target).long()
                 maps = spec.attribute(self, self.model.net, inputs, targets, layer)
-        return normalise(maps.detach()).cpu(), targets.cpu(), probabilities.cpu()
+        return normalise(maps.detach()).cpu(), targets.cpu(), None if probabilities is None else probabilities.cpu()
 
     def activation(self, network_input: torch.Tensor, layer: str) -> torch.Tensor:
         """The output of `layer`, computing no more of the network than it needs."""
