@@ -17,15 +17,22 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
+from service.runtime.backends import load_backend
 from service.runtime.modeldir import load_manifest
 from service.runtime.tta import predict_with_tta
-from service.runtime.backends import load_backend
-from service.faces import DETECTORS, crop_face, detect_faces, iou, make_detector
-from tests.scenes import FER2013_VAL, Scene, fer2013_source, make_scenes, synthetic_source
+from tests.scenes import (
+    FER2013_VAL,
+    Scene,
+    fer2013_source,
+    make_scenes,
+    synthetic_source,
+)
 
 MIN_GT_FACE = 48
 MATCH_IOU = 0.5
-# Real photographs inside scikit-image, and how many faces each holds (chelsea is a cat).
+
+
 @dataclass
 class SceneScore:
     faces: int = 0

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench.faces import MATCH_IOU, match
 from service.faces import DETECTORS, iou, make_detector
 from service.photos import FaceOptions, find_faces
 from service.settings import Settings
 
-MATCH_IOU = 0.5
 Box = tuple[int, int, int, int]  # x, y, width, height in the photo's pixels
 
 
@@ -94,9 +94,7 @@ class Tally:
     found: int = 0
     false: int = 0
     ious: float = 0.0
-    seconds: float = 0.0
     false_scores: tuple[float, ...] = ()
-    true_scores: tuple[float, ...] = ()
 
 
 def detections(photo: Photo, image: np.ndarray, detector, settings: Settings) -> tuple[list[tuple[Box, float]], float]:
@@ -108,17 +106,13 @@ def detections(photo: Photo, image: np.ndarray, detector, settings: Settings) ->
 
 def score(photo: Photo, found: list[tuple[Box, float]], min_score: float, tally: Tally) -> None:
     kept = [(box, s) for box, s in found if s >= min_score]
-    unmatched = list(kept)
+    pairs = match(list(photo.faces), [box for box, _ in kept])
+    matched = {j for _, j in pairs}
     tally.faces += len(photo.faces)
-    for truth in photo.faces:
-        best = max(unmatched, key=lambda d: iou(d[0], truth), default=None)
-        if best is not None and iou(best[0], truth) >= MATCH_IOU:
-            tally.found += 1
-            tally.ious += iou(best[0], truth)
-            tally.true_scores += (best[1],)
-            unmatched.remove(best)
-    tally.false += len(unmatched)
-    tally.false_scores += tuple(s for _, s in unmatched)
+    tally.found += len(pairs)
+    tally.ious += sum(iou(photo.faces[i], kept[j][0]) for i, j in pairs)
+    tally.false += len(kept) - len(pairs)
+    tally.false_scores += tuple(s for j, (_, s) in enumerate(kept) if j not in matched)
 
 
 def draw(photo: Photo, image: np.ndarray, found: list[tuple[Box, float]], out: Path) -> None:
