@@ -264,7 +264,8 @@ class DataPlane:
             probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
             if len(uploaded.crops):
                 probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).probabilities, np.float32)
-                targets = torch.from_numpy(probabilities.argmax(1)) if target is None else target
+                targets = torch.from_numpy(probabilities.argmax(1)) if target is None \
+                    else torch.full((len(uploaded.crops),), target)
                 maps, targets, _ = await self.explanations.run(
                     ticket, connection, model.saliency, uploaded.crops, query.method, targets, query.layer)
                 maps, targets = maps.numpy(), targets.tolist()
