@@ -180,29 +180,30 @@ class DataPlane:
         """Files decoded and their faces found one after another on a worker thread, one decode slot per request,
         so that the slots bound decodes in flight (and the memory of full-size decoded images); a request waits for
         its slot on the event loop, where waiting holds no thread. Small face crops taken whole (faces=none, or
-        auto's crops) are decoded on the event loop itself (their headers say how small, before anything is decoded). Crops sent as
-        they are are used as they are. `keep_upright` keeps each decoded photo, to draw explanations on."""
+        auto's crops) are decoded on the event loop itself (their headers say how small, before anything is
+        decoded). Crops sent as they are are used as they are. `keep_upright` keeps each decoded photo, to draw explanations on."""
         model = self.served()
         if images.crops is not None:
             return Uploaded([], np.ascontiguousarray(images.crops), 0.0)
         check_image_count(len(images.files), self.settings.max_images_per_request)
         started = time.perf_counter()
-        if self._decodes_inline(images):
-            photos = model.preprocess(images.files, images.faces, keep_upright)
+        # each header read once: it decides auto's crops and the inline decode
+        sizes = [declared_size(data) for _, data in images.files] if images.faces != "detect" else None
+        if self._decodes_inline(images, sizes):
+            photos = model.preprocess(images.files, images.faces, keep_upright, sizes)
         else:
             async with self.decode_slots:
-                photos = await run_in_threadpool(model.preprocess, images.files, images.faces, keep_upright)
+                photos = await run_in_threadpool(model.preprocess, images.files, images.faces, keep_upright, sizes)
         crops = np.concatenate([photo.crops for photo in photos])
         return Uploaded(photos, crops, (time.perf_counter() - started) * 1000)
 
-    def _decodes_inline(self, images: Images) -> bool:
+    def _decodes_inline(self, images: Images, sizes: list[tuple[int, int] | None] | None) -> bool:
         """Small face crops taken whole (faces=none, or auto's crops), whose headers declare few pixels in all."""
-        if images.faces == "detect" or sum(len(data) for _, data in images.files) > INLINE_DECODE_BYTES:
+        if sizes is None or None in sizes or sum(len(data) for _, data in images.files) > INLINE_DECODE_BYTES:
             return False
-        if any(self.model.face_mode(data, images.faces) != "none" for _, data in images.files):
+        if any(self.model.face_mode(size, images.faces) != "none" for size in sizes):
             return False
-        declared = [declared_size(data) for _, data in images.files]
-        return None not in declared and sum(width * height for width, height in declared) <= INLINE_DECODE_PIXELS
+        return sum(width * height for width, height in sizes) <= INLINE_DECODE_PIXELS
 
     def _count(self, endpoint: str, faces: int) -> None:
         self.metrics.images.labels(endpoint).inc(faces)

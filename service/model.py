@@ -82,16 +82,21 @@ class FerModel:
                          device=self.backend.device, tta=self.tta, backend_throughput=self.backend_throughput)
 
     # --- preprocess / predict ------------------------------------------------------------------------
-    def preprocess(self, files: list[tuple[str, bytes]], faces: str = "auto", keep_upright: bool = False) -> list[Photo]:
+    def preprocess(self, files: list[tuple[str, bytes]], faces: str = "auto", keep_upright: bool = False,
+                   sizes: list[tuple[int, int] | None] | None = None) -> list[Photo]:
         """Decode each upload and find its faces (`faces`: auto, detect or none), each cropped to the model's
-        input. `keep_upright` keeps the decoded photo, for drawing overlays. Raises ImageError."""
-        return [self._photo(name, data, self.face_mode(data, faces), keep_upright) for name, data in files]
+        input. `sizes` are the uploads' sizes as their headers declare them, where the caller has read them
+        (`auto` needs them). `keep_upright` keeps the decoded photo, for drawing overlays. Raises ImageError."""
+        if sizes is None:
+            sizes = [declared_size(data) if faces == "auto" else None for _, data in files]
+        return [self._photo(name, data, self.face_mode(size, faces), keep_upright)
+                for (name, data), size in zip(files, sizes)]
 
-    def face_mode(self, data: bytes, faces: str) -> str:
-        """How an upload's faces are found: under `auto`, a face crop (its header says how small and square) is
-        taken whole (`none`), anything else is detected."""
+    def face_mode(self, declared: tuple[int, int] | None, faces: str) -> str:
+        """How an upload's faces are found: under `auto`, a face crop (its header's `declared` size is small and
+        square) is taken whole (`none`), anything else is detected."""
         if faces == "auto":
-            return "none" if is_face_crop(declared_size(data), self.settings.whole_image_max_side) else "detect"
+            return "none" if is_face_crop(declared, self.settings.whole_image_max_side) else "detect"
         return faces
 
     def _photo(self, name: str, data: bytes, faces: str, keep_upright: bool) -> Photo:
