@@ -8,9 +8,10 @@ from pathlib import Path
 from service.runtime.modeldir import Artifact
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
-from training.shipped import card_path, save_shipped_weights
+from training.shipped import beside, card_path, save_shipped_weights
 from training.options import command as training_command
 
+RELIABILITY_SUFFIX = ".reliability.png"  # the calibration's diagram beside the weights
 LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from web searches. Photos go through the
   service's face detector first; profiles, occlusions, strong head turns and non-face images are outside
   what the model has seen.
@@ -36,13 +37,9 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
     card_path(weights).write_text(json.dumps(card, indent=1))
     diagram = Path(model_dir) / Artifact.RELIABILITY_PLOT.file
     if diagram.is_file():
-        reliability_path(weights).write_bytes(diagram.read_bytes())
-    weights.with_name(weights.name.removesuffix(".safetensors") + ".md").write_text(render(card))
+        beside(weights, RELIABILITY_SUFFIX).write_bytes(diagram.read_bytes())
+    beside(weights, ".md").write_text(render(card))
     return card
-
-
-def reliability_path(weights: Path) -> Path:
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".reliability.png")
 
 
 def calibration_section(card: dict) -> str:
@@ -59,7 +56,7 @@ changes.
 | as the network gives them | {calibration['ece_before']:.4f} | {calibration['nll_before']:.4f} |
 | calibrated (served) | **{calibration['ece_after']:.4f}** | {calibration['nll_after']:.4f} |
 
-![reliability diagram]({reliability_path(Path(card['file'])).name})""")
+![reliability diagram]({beside(Path(card['file']), RELIABILITY_SUFFIX).name})""")
 
 
 def export_command(training: dict) -> str:

@@ -23,8 +23,13 @@ class WeightsError(TrainingError):
     """Shipped weights are missing, truncated, tampered with or do not fit their card."""
 
 
+def beside(weights: Path, suffix: str) -> Path:
+    """A file shipped beside `NAME.safetensors`: `NAME<suffix>` (its card, the card in Markdown, its diagram)."""
+    return weights.with_name(weights.name.removesuffix(".safetensors") + suffix)
+
+
 def card_path(weights: Path) -> Path:
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".card.json")
+    return beside(weights, ".card.json")
 
 
 def save_shipped_weights(model_dir: Path, weights: Path) -> dict:
