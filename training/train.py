@@ -27,7 +27,7 @@ from service.runtime.architectures import FerNet, build_model
 from service.runtime.modeldir import Artifact
 from training import data as data_module
 from training.augment import augment, reframe
-from training.calibration import calibrate_model_dir
+from training.calibration import fit_calibration, record_calibration
 from training.evaluate import predict_batched
 from training.export import export_model
 from training.shipped import WeightsError, load_shipped_weights
@@ -436,14 +436,16 @@ def finish(out: Path, val_data: data_module.FaceData, device: torch.device, tta:
     config = TrainingConfig(**best["config"])
     model = build_model(best["architecture"], config.image_size, len(best["classes"])).to(device)
     model.load_state_dict(best["model"])
-    loss, confusion, _ = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
+    loss, confusion, probabilities = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
     metrics = summarize(confusion, split=val_data.split, loss=loss, tta=tta)
     (out / Artifact.METRICS.file).write_text(metrics.model_dump_json(indent=2))
     confusion_data = confusion_json(confusion)
     (out / Artifact.CONFUSION_MATRIX.file).write_text(json.dumps(confusion_data, indent=2))
     plot_confusion(confusion_data, out / Artifact.CONFUSION_PLOT.file, title=f"{val_data.split} ({len(val_data)} images)")
     export_model(model, out, config, best["input_size"], val_data.images[:64], metrics, best["classes"], tta)
-    calibration = calibrate_model_dir(out, val_data.images.numpy(), val_data.labels.numpy(), val_data.split)
+    # the temperature of the probabilities just measured (the exported models give them within the parity check)
+    calibration = record_calibration(out, fit_calibration(probabilities.cpu().numpy(), val_data.labels.numpy(),
+                                                          val_data.split, tta))
     print(f"validation accuracy {metrics.accuracy:.4f} (macro F1 {metrics.macro_f1:.4f}, tta={tta}); calibrated "
           f"with temperature {calibration.temperature:.3f}: ECE {calibration.ece_before:.4f} -> "
           f"{calibration.ece_after:.4f}; exported to {out}")
