@@ -26,6 +26,21 @@ def multipart_body(images: int) -> tuple[bytes, dict]:
     return request.read(), {"content-type": request.headers["content-type"]}
 
 
+def photo_body(faces: int) -> tuple[bytes, dict]:
+    """One 640x480 JPEG photo of `faces` people (bench.photos.group_photo), as every request sends it."""
+    import io
+
+    from PIL import Image
+
+    from bench.photos import group_photo
+
+    encoded = io.BytesIO()
+    Image.fromarray(group_photo(faces)).save(encoded, "JPEG", quality=90)
+    photo = ("files", ("photo.jpg", encoded.getvalue(), "image/jpeg"))
+    request = httpx.Request("POST", "http://localhost/", files=[photo])
+    return request.read(), {"content-type": request.headers["content-type"]}
+
+
 async def post(session: aiohttp.ClientSession, url: str, body: tuple[bytes, dict]) -> int:
     async with session.post(url, data=body[0], headers=body[1]) as response:
         await response.read()
@@ -71,7 +86,7 @@ async def open_loop(session: aiohttp.ClientSession, url: str, body, rate: float,
 
 
 async def run(args) -> dict:
-    body = multipart_body(args.images)
+    body = photo_body(args.photo_faces) if args.photo_faces else multipart_body(args.images)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         await closed_loop(session, args.url, body, min(args.concurrency, 4), args.warmup)
@@ -91,6 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     parser.add_argument("--url", required=True)
     parser.add_argument("--images", type=int, default=1, help="images per request")
+    parser.add_argument("--photo-faces", type=int, default=0,
+                        help="send one 640x480 photo of this many people (1-4) per request instead of face crops")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--rate", type=float, help="open loop: requests per second")
     parser.add_argument("--duration", type=float, default=10.0)

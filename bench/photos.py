@@ -80,6 +80,20 @@ def photos() -> list[tuple[Photo, np.ndarray]]:
     return loaded + [(photo, _rgb(photo.load())) for photo in (collage, *empty)]
 
 
+def group_photo(faces: int, height: int = 480, width: int = 640) -> np.ndarray:
+    """A `width` x `height` photo of 1-4 people: the portraits' heads (each face's drawn box grown 1.8x, at 210
+    px) in the corners of a grey room, the first portrait again for the fourth."""
+    canvas = np.full((height, width, 3), 120, dtype=np.uint8)
+    corners = [(20, 20), (width - 230, 20), (20, height - 230), (width - 230, height - 230)]
+    for (left, top), portrait in zip(corners[:faces], PORTRAITS * 2):
+        x, y, w, h = portrait.faces[0]
+        cx, cy, side = x + w / 2, y + h / 2, max(w, h) * 1.8
+        head = Image.fromarray(_rgb(portrait.load())).crop(
+            (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
+        canvas[top:top + 210, left:left + 210] = np.asarray(head.resize((210, 210)))
+    return canvas
+
+
 def _rgb(image: np.ndarray) -> np.ndarray:
     """uint8 RGB (scikit-image's horse is a boolean silhouette, some others are grey)."""
     if image.dtype != np.uint8:

@@ -65,7 +65,7 @@ def serving(model: Path, env: dict, module: str = "service",
 def load(url: str, duration: float, **options) -> dict:
     command = [sys.executable, "-m", "bench.load", "--url", url, "--duration", str(duration)]
     for key, value in options.items():
-        command += [f"--{key}", str(value)]
+        command += [f"--{key.replace('_', '-')}", str(value)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(result.stdout)
 
@@ -80,20 +80,26 @@ def main() -> None:
                                                    "(default 1000 on CUDA, 150 on the CPU)")
     parser.add_argument("--max-batch", type=int, default=None, help="max batch size with batching on "
                                                                     "(default 256 on CUDA, 64 on the CPU)")
-    parser.add_argument("--backend", default="torchscript")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                        help="FER_PRECISION of this service (int8: the ONNX int8 artifact, with --backend onnx "
-                             "or auto)")
+    parser.add_argument("--backend", help="FER_BACKEND of this service (default torchscript; with --defaults, the "
+                                          "service's default)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"],
+                        help="FER_PRECISION of this service (default fp32; with --defaults, the service's default; "
+                             "int8: the ONNX int8 artifact, with --backend onnx or auto)")
     parser.add_argument("--defaults", action="store_true",
-                        help="face crops as a user sends them (faces=auto, the manifest's TTA) against faces=none on "
-                             "the same server, in one run, with the mean batch of each load")
+                        help="what a user gets, in one run: face crops under the defaults (faces=auto, the manifest's "
+                             "TTA) against faces=none with the mean batch of each load, 640x480 photos of 1 and 4 "
+                             "people at c=8, and the served artifact's own ceiling")
+    parser.add_argument("--before", type=Path,
+                        help="with --defaults: also run the photo loads against the checkout in this directory "
+                             "(e.g. `git worktree add DIR COMMIT`), for a before/after in the same run")
     parser.add_argument("--compare", action="store_true",
                         help="side by side with the plain FastAPI baseline (bench/baseline.py), fp32, no TTA")
     args = parser.parse_args()
-    if args.compare:
-        return compare(args)
     if args.defaults:
         return defaults(args)
+    args.backend, args.precision = args.backend or "torchscript", args.precision or "fp32"
+    if args.compare:
+        return compare(args)
     cuda = torch.cuda.is_available()
     rate = args.rate or (1000 if cuda else 150)
     device = torch.cuda.get_device_name() if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
@@ -158,10 +164,18 @@ def mean_batch(url: str) -> tuple[float, float]:
     return read("fer_batch_size_sum"), read("fer_batch_size_count")
 
 
+PHOTO_CONCURRENCY = 8
+
+
 def defaults(args) -> None:
-    """Face crops under the defaults (`faces=auto`, the manifest's TTA) and with `faces=none`, on one server."""
+    """Under the defaults, on one server: face crops with `faces=auto` and with `faces=none`, photos of 1 and 4
+    people, then (the server stopped) the artifact called directly with the served TTA; with --before, the photo
+    loads against that checkout too."""
     results = {}
-    with serving(args.model, {"FER_BACKEND": args.backend, "FER_PRECISION": args.precision}) as (url, _):
+    env = {name: value for name, value in (("FER_BACKEND", args.backend), ("FER_PRECISION", args.precision)) if value}
+    with serving(args.model, env) as (url, _):
+        served = httpx.get(f"{url}/model", timeout=10).json()["model"]
+        print(f"serving: backend {served['backend']}, precision {served.get('precision')}, tta {served['tta']}")
         for images, concurrency in COMPARE_SHAPES:
             for faces in ("auto", "none"):
                 before = mean_batch(url)
@@ -172,9 +186,59 @@ def defaults(args) -> None:
                 results[faces, images] = row
                 print_row(row)
                 print(f"{'':>14} mean batch {row['mean_batch']:.1f} images per forward pass")
+        photo_rows = photo_loads(url, "this checkout", args.duration)
     for images, concurrency in COMPARE_SHAPES:
         ratio = results["auto", images]["images_per_s"] / results["none", images]["images_per_s"]
         print(f"{images} image(s)/request at c={concurrency}: defaults / faces=none = {ratio:.2f}x")
+    if args.before:
+        with serving(args.model, env, root=args.before) as (url, _):
+            before_rows = photo_loads(url, f"before ({args.before.name})", args.duration)
+        for faces in (1, 4):
+            ratio = photo_rows[faces]["images_per_s"] / before_rows[faces]["images_per_s"]
+            print(f"640x480 photos of {faces} at c={PHOTO_CONCURRENCY}: this checkout / before = {ratio:.2f}x")
+    backend, precision = served["backend"], served.get("precision", "fp32")
+    print(f"ceiling of the served artifact ({backend}, {precision}, batch 64, the manifest's TTA, no HTTP): "
+          f"{ceiling(args.model, backend, precision):.0f} faces/s")
+
+
+def photo_loads(url: str, server: str, duration: float) -> dict[int, dict]:
+    """640x480 photos of 1 and 4 people under the defaults at c=8: photos/s, and faces/s from the faces each answer
+    holds (checked on one request first)."""
+    from bench.load import photo_body
+
+    rows = {}
+    for faces in (1, 4):
+        body, headers = photo_body(faces)
+        answer = httpx.post(f"{url}/predict", content=body, headers=headers, timeout=60).json()
+        found = len(answer["predictions"][0]["faces"])
+        row = {"server": server, "endpoint": f"/predict {faces}-face photo", "images": 1,
+               "load": f"c={PHOTO_CONCURRENCY}", **load(f"{url}/predict", duration, photo_faces=faces,
+                                                      concurrency=PHOTO_CONCURRENCY)}
+        print_row(row)
+        print(f"{'':>14} {found} of {faces} faces found per photo: {row['images_per_s'] * found:.1f} faces/s")
+        rows[faces] = row
+    return rows
+
+
+def ceiling(model: Path, backend: str, precision: str) -> float:
+    """Faces per second of the served artifact called in this process at batch 64, with the manifest's TTA."""
+    import numpy as np
+
+    from service.runtime.backends import load_backend
+    from service.runtime.modeldir import load_manifest
+    from service.runtime.tta import predict_with_tta
+
+    manifest = load_manifest(model)
+    served, _ = load_backend(model, manifest, backend, torch.device("cpu"), precision, 64)
+    faces = np.random.default_rng(0).integers(0, 256, (64, 1, manifest.input.height, manifest.input.width), np.uint8)
+    predict = lambda: predict_with_tta(served.predict, faces, manifest.tta, manifest.temperature(manifest.tta))  # noqa: E731
+    for _ in range(3):
+        predict()
+    started, calls = time.perf_counter(), 0
+    while time.perf_counter() - started < 5:
+        predict()
+        calls += 1
+    return calls * len(faces) / (time.perf_counter() - started)
 
 
 def print_row(row: dict) -> None:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from service.runtime.architectures import build_model
 from training.augment import augment
-from training.train import autocast, cpu_has_fast_bf16
+from service.runtime.backends import cpu_has_fast_bf16
+from training.train import autocast
 
 
 def steps_per_second(device: torch.device, precision: str, channels_last: bool, batch: int, size: int,

@@ -36,6 +36,8 @@ class ModelInfo(BaseModel):
     backend: str
     device: str
     tta: str = Field("none", description="Test-time augmentation applied to predictions.")
+    precision: str = Field("fp32", description="What answered: fp32, fp16 (CUDA) or int8 (the quantized ONNX model; "
+                                               "FER_PRECISION=auto serves it on the CPU where the export allows it).")
     backend_throughput: dict[str, float] = Field(
         default_factory=dict, description="Images/s of each backend measured at start when FER_BACKEND=auto.")
 
@@ -93,8 +95,8 @@ class PredictResponse(BaseModel):
     timing_ms: dict[str, float]
 
     model_config = {"json_schema_extra": {"examples": [{
-        "model": {"name": "fer-resnet18", "version": "3bf61f228871", "backend": "onnx", "device": "cpu",
-                  "tta": "flip", "backend_throughput": {}},
+        "model": {"name": "fer-resnet18", "version": "3bf61f228871", "backend": "onnx", "device": "cpu (int8)",
+                  "tta": "flip", "precision": "int8", "backend_throughput": {}},
         "predictions": [{"filename": "group.jpg", "width": 640, "height": 480, "faces_truncated": False,
                          "reason": None, "faces": [{
                              "box": {"x": 412, "y": 96, "width": 118, "height": 118}, "detection_score": 0.998,

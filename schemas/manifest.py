@@ -177,13 +177,21 @@ class WeightsSource(BaseModel):
 
 
 class QuantizationInfo(BaseModel):
-    """The int8 ONNX artifact's calibration and its accuracy against fp32 on the same faces (no TTA)."""
+    """The int8 ONNX artifact's calibration, its accuracy against fp32 on the same faces with the TTA the service
+    applies (`tta`) and without, and whether `FER_PRECISION=auto` serves it on the CPU."""
 
     split: str
     samples: int
     calibration_images: int
+    tta: str = Field("none", description="The TTA of accuracy_fp32 and accuracy_int8: the manifest's, as served.")
     accuracy_fp32: float
     accuracy_int8: float
+    accuracy_fp32_without_tta: float | None = None
+    accuracy_int8_without_tta: float | None = None
+    servable: bool = Field(False, description="int8 is within 0.3 points of fp32 with the served TTA: the default "
+                                              "on the CPU. Manifests from before this field say False.")
+    int8_sha256: str | None = Field(None, description="The measured int8 model, so that one quantized again from "
+                                                      "the same calibration can be recognised as it.")
 
 
 class ReliabilityBin(BaseModel):

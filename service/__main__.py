@@ -1,17 +1,28 @@
 """`python -m service --model DIR [--host --port]`: serve a model directory with uvicorn."""
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
-import uvicorn
+# OpenMP threads that finish their share of a batch sleep instead of spinning: the detector's and the classifier's
+# threads share the cores with decoding and the event loop (+8 % photos/s here). Read when torch loads, so first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from service.app import create_app
-from service.runtime.modeldir import ModelDirError, load_manifest
-from service.security import KeyFileError
-from service.server import ACCEPT_BACKLOG, DrainingServer, connection_cap, guarded_protocol, quiet_flood_logs
-from service.settings import Settings
+import uvicorn  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.runtime.modeldir import ModelDirError, load_manifest  # noqa: E402
+from service.security import KeyFileError  # noqa: E402
+from service.server import (  # noqa: E402
+    ACCEPT_BACKLOG,
+    DrainingServer,
+    connection_cap,
+    guarded_protocol,
+    quiet_flood_logs,
+)
+from service.settings import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

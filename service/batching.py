@@ -1,20 +1,22 @@
-"""Dynamic batching: concurrent requests are gathered into one forward pass.
+"""Dynamic batching: concurrent requests are gathered into one call of a model (the classifier, the face detector).
 
-Requests queue their images; one worker takes up to `max_batch_size` images (waiting at most `max_wait_s`
-after the oldest arrived for a batch to fill), runs the model in a worker thread so that the event loop
-keeps accepting requests, and hands each caller exactly its own rows. The queue is bounded in images.
+Requests queue their images; one worker takes up to `max_batch_size` images of one kind (waiting at most
+`max_wait_s` after the oldest arrived for a batch to fill), runs the model in a worker thread so that the event
+loop keeps accepting requests, and hands each caller exactly its own rows. Images batch together when their
+`key` is the same (by default their shape: the detector takes a batch of same-size photos). The queue is bounded
+in images.
 """
 
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.metrics import Metrics
+from service.metrics import BatcherMetrics
 
 
 class QueueFullError(RuntimeError):
@@ -28,21 +30,23 @@ class ShuttingDownError(RuntimeError):
 @dataclass
 class _Job:
     images: np.ndarray
+    key: Hashable
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class BatchResult:
-    probabilities: np.ndarray
+    outputs: np.ndarray | list  # the model's rows for the caller's images, in order
     queue_s: float
-    inference_s: float
+    run_s: float
 
 
 class DynamicBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_wait_s: float,
-                 queue_limit: int, metrics: Metrics):
-        self._predict = predict
+    def __init__(self, run: Callable[[np.ndarray, Hashable], Sequence], max_batch_size: int, max_wait_s: float,
+                 queue_limit: int, metrics: BatcherMetrics, name: str = "inference"):
+        """`run(images, key)`: the model's rows (an array or a list) for a batch of images that share `key`."""
+        self._run_model = run
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_limit = queue_limit
@@ -51,7 +55,7 @@ class DynamicBatcher:
         self._queued_images = 0
         self._arrived = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -65,23 +69,26 @@ class DynamicBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, images: np.ndarray) -> BatchResult:
-        """Probabilities for `images` (uint8 N x 1 x H x W), computed with whatever else is queued."""
+    async def submit(self, images: np.ndarray, key: Hashable = None) -> BatchResult:
+        """The model's rows for `images` (N x ...), computed with whatever else of the same `key` (default: the
+        images' shape) is queued."""
         if self._closing:
             raise ShuttingDownError("the service is shutting down")
         if self._queued_images + len(images) > self.queue_limit:
             raise QueueFullError(f"{self._queued_images} images are queued (limit {self.queue_limit})")
         loop = asyncio.get_running_loop()
         # A request larger than a batch is split, so one big request cannot starve the others.
-        jobs = [_Job(images[i:i + self.max_batch_size], loop.create_future())
+        key = images.shape[1:] if key is None else key
+        jobs = [_Job(images[i:i + self.max_batch_size], key, loop.create_future())
                 for i in range(0, len(images), self.max_batch_size)]
         self._jobs.extend(jobs)
         self._queued_images += len(images)
         self._metrics.queue_depth.set(self._queued_images)
         self._arrived.set()
         results = await asyncio.gather(*(job.future for job in jobs))
-        return BatchResult(np.concatenate([r.probabilities for r in results]),
-                           max(r.queue_s for r in results), sum(r.inference_s for r in results))
+        outputs = [r.outputs for r in results]
+        return BatchResult(np.concatenate(outputs) if isinstance(outputs[0], np.ndarray) else sum(outputs, []),
+                           max(r.queue_s for r in results), sum(r.run_s for r in results))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,11 +113,17 @@ class DynamicBatcher:
             await self._run_batch(loop, batch)
 
     def _take_batch(self) -> list[_Job]:
-        batch, size = [], 0
-        while self._jobs and size + len(self._jobs[0].images) <= self.max_batch_size:
+        """The oldest job and, in order, the queued jobs of its key that fit with it; the others keep their places."""
+        key = self._jobs[0].key
+        batch, others, size = [], deque(), 0
+        while self._jobs:
             job = self._jobs.popleft()
-            batch.append(job)
-            size += len(job.images)
+            if job.key == key and size + len(job.images) <= self.max_batch_size:
+                batch.append(job)
+                size += len(job.images)
+            else:
+                others.append(job)
+        self._jobs = others
         self._queued_images -= size
         self._metrics.queue_depth.set(self._queued_images)
         return batch
@@ -122,17 +135,17 @@ class DynamicBatcher:
         for job in batch:
             self._metrics.queue_wait.observe(started - job.enqueued)
         try:
-            probabilities = await loop.run_in_executor(self._executor, self._predict, images)
+            outputs = await loop.run_in_executor(self._executor, self._run_model, images, batch[0].key)
         except Exception as error:  # the callers see the failure; the worker keeps serving
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
-        inference_s = time.perf_counter() - started
-        self._metrics.inference_time.observe(inference_s)
+        run_s = time.perf_counter() - started
+        self._metrics.run_time.observe(run_s)
         offset = 0
         for job in batch:
-            rows = probabilities[offset:offset + len(job.images)]
+            rows = outputs[offset:offset + len(job.images)]
             offset += len(job.images)
             if not job.future.done():  # a caller that went away no longer waits
-                job.future.set_result(BatchResult(rows, started - job.enqueued, inference_s))
+                job.future.set_result(BatchResult(rows, started - job.enqueued, run_s))

@@ -2,9 +2,10 @@
 `DataPlane` under its REST and v2 handlers, or LitServe's `LitAPI` under its specs).
 
 REST routes and the Open Inference Protocol's adapters parse their protocol, call one method here and encode the
-answer. The plane owns the model, the decode slots, the dynamic batcher, the admission of explanation work, the cost
-budgets, draining, readiness and the image counters. It raises typed errors (`ImageError`, `InvalidParameter`,
-`NotReady`, the batcher's and the pool's), which service/errors.py alone maps to statuses; nothing here knows HTTP.
+answer. The plane owns the model, the decode slots, the dynamic batchers (face detection's and the classifier's), the
+admission of explanation work, the cost budgets, draining, readiness and the image counters. It raises typed errors
+(`ImageError`, `InvalidParameter`, `NotReady`, the batcher's and the pool's), which service/errors.py alone maps to
+statuses; nothing here knows HTTP.
 """
 
 import asyncio
@@ -132,6 +133,7 @@ class DataPlane:
         self.draining = draining  # set by the server the moment SIGTERM arrives
         self.model: FerModel | None = None
         self.batcher: DynamicBatcher | None = None
+        self.detection: DynamicBatcher | None = None
         self.explanations: ExplanationPool | None = None
         self.decode_slots: asyncio.Semaphore | None = None
 
@@ -141,9 +143,13 @@ class DataPlane:
         model = FerModel(self.settings, self.metrics)
         model.load()
         settings = self.settings
-        self.batcher = DynamicBatcher(model.predict, settings.max_batch_size, settings.batch_wait_ms / 1000,
-                                      settings.queue_limit, self.metrics)
+        self.batcher = DynamicBatcher(lambda crops, _: model.predict(crops), settings.max_batch_size,
+                                      settings.batch_wait_ms / 1000, settings.queue_limit, self.metrics.inference)
+        # Photos of concurrent requests are detected together, as their faces are classified together.
+        self.detection = DynamicBatcher(model.detect, settings.detect_batch_size, settings.detect_wait_ms / 1000,
+                                        settings.max_decodes_in_flight, self.metrics.detection, "detection")
         self.batcher.start()
+        self.detection.start()
         self.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)
         self.explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, self.draining)
         self.model = model
@@ -152,6 +158,7 @@ class DataPlane:
         """Stop taking work, cancel explanations, let the queued images through, stop."""
         self.model.ready = False
         self.explanations.close()
+        await self.detection.close()
         await self.batcher.close()
 
     def readiness(self) -> str:
@@ -177,11 +184,10 @@ class DataPlane:
 
     # --- images --------------------------------------------------------------------------------------
     async def decode(self, images: Images, keep_upright: bool = False) -> Uploaded:
-        """Files decoded and their faces found one after another on a worker thread, one decode slot per request,
-        so that the slots bound decodes in flight (and the memory of full-size decoded images); a request waits for
-        its slot on the event loop, where waiting holds no thread. Small face crops taken whole (faces=none, or
-        auto's crops) are decoded on the event loop itself (their headers say how small, before anything is
-        decoded). Crops sent as they are are used as they are. `keep_upright` keeps each decoded photo, to draw explanations on."""
+        """Each file decoded and its faces found: the files taken whole (faces=none, or auto's crops) together, each
+        photo to detect on its own (`_photo`), all at once. Small face crops taken whole are decoded on the event loop
+        itself (their headers say how small, before anything is decoded). Crops sent as they are are used as they
+        are. `keep_upright` keeps each decoded photo, to draw explanations on."""
         model = self.served()
         if images.crops is not None:
             return Uploaded([], np.ascontiguousarray(images.crops), 0.0)
@@ -190,12 +196,41 @@ class DataPlane:
         # each header read once: it decides auto's crops and the inline decode
         sizes = [declared_size(data) for _, data in images.files] if images.faces != "detect" else None
         if self._decodes_inline(images, sizes):
-            photos = model.preprocess(images.files, images.faces, keep_upright, sizes)
+            photos = [model.decode(name, data, "none", keep_upright) for name, data in images.files]
         else:
-            async with self.decode_slots:
-                photos = await run_in_threadpool(model.preprocess, images.files, images.faces, keep_upright, sizes)
+            modes = [model.face_mode(size, images.faces) for size in sizes or [None] * len(images.files)]
+            whole = [file for file, mode in zip(images.files, modes) if mode == "none"]
+            detected = [file for file, mode in zip(images.files, modes) if mode == "detect"]
+            done = await asyncio.gather(self._whole_images(whole, keep_upright),
+                                        *(self._photo(name, data, keep_upright) for name, data in detected),
+                                        return_exceptions=True)
+            for result in done:  # every file has finished (no thread left working) before an error is raised
+                if isinstance(result, BaseException):
+                    raise result
+            whole_photos, detected_photos = iter(done[0]), iter(done[1:])
+            photos = [next(whole_photos) if mode == "none" else next(detected_photos) for mode in modes]
         crops = np.concatenate([photo.crops for photo in photos])
         return Uploaded(photos, crops, (time.perf_counter() - started) * 1000)
+
+    async def _whole_images(self, files: list[tuple[str, bytes]], keep_upright: bool) -> list[Photo]:
+        """Files taken whole, decoded one after another on one worker thread within one decode slot (a thread hand-off
+        per file would cost more than decoding a face crop)."""
+        if not files:
+            return []
+        model = self.model
+        async with self.decode_slots:
+            return await run_in_threadpool(lambda: [model.decode(name, data, "none", keep_upright)
+                                                    for name, data in files])
+
+    async def _photo(self, name: str, data: bytes, keep_upright: bool) -> Photo:
+        """A photo decoded on a worker thread, its faces found by the detection batcher with other photos, and cut
+        out. A decode slot is held from decoding to cropping, so that the slots bound the decoded photos in memory; a
+        photo waits for its slot on the event loop, where waiting holds no thread."""
+        model = self.model
+        async with self.decode_slots:
+            pending = await run_in_threadpool(model.decode, name, data, "detect", keep_upright)
+            found = (await self.detection.submit(pending.copy[None], pending.key)).outputs[0]
+            return await run_in_threadpool(model.finish, pending, found, keep_upright)
 
     def _decodes_inline(self, images: Images, sizes: list[tuple[int, int] | None] | None) -> bool:
         """Small face crops taken whole (faces=none, or auto's crops), whose headers declare few pixels in all."""
@@ -218,7 +253,7 @@ class DataPlane:
         queue_ms = inference_ms = 0.0
         if len(uploaded.crops):
             result = await self.batcher.submit(uploaded.crops)
-            probabilities, queue_ms, inference_ms = result.probabilities, result.queue_s * 1000, result.inference_s * 1000
+            probabilities, queue_ms, inference_ms = result.outputs, result.queue_s * 1000, result.run_s * 1000
         self._count(endpoint, len(uploaded.crops))
         return Classified(uploaded, np.asarray(probabilities, dtype=np.float32), queue_ms, inference_ms)
 
@@ -264,7 +299,7 @@ class DataPlane:
             maps, targets = np.zeros((0, side, side), dtype=np.float32), []
             probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
             if len(uploaded.crops):
-                probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).probabilities, np.float32)
+                probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).outputs, np.float32)
                 targets = torch.from_numpy(probabilities.argmax(1)) if target is None \
                     else torch.full((len(uploaded.crops),), target)
                 maps, targets, _ = await self.explanations.run(

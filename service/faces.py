@@ -37,7 +37,9 @@ class Detector(Protocol):
     default_min_score: float  # the least score a detection needs to be a face, unless FER_MIN_FACE_SCORE says
     name: str
 
-    def detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]: ...
+    def detect(self, images: list[np.ndarray], min_size: int) -> list[list[DetectedFace]]:
+        """The faces in each of `images` (uint8 H x W x 3 RGB or H x W grey, all of one size), in its pixels."""
+        ...
 
 
 def _square(cx: float, cy: float, side: float) -> Box:
@@ -57,7 +59,10 @@ class HaarDetector:
         self.eyes = _cascade("haarcascade_eye.xml")
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
-    def detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]:
+    def detect(self, images: list[np.ndarray], min_size: int) -> list[list[DetectedFace]]:
+        return [self._detect(image, min_size) for image in images]  # a cascade gains nothing from a batch
+
+    def _detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]:
         grey = _grey(rgb)
         size = max(1, min_size)
         boxes, neighbours = self.faces.detectMultiScale2(grey, scaleFactor=self.scale_factor,
@@ -104,28 +109,148 @@ class MtcnnDetector:
     def __init__(self, thresholds: tuple[float, float, float] = (0.5, 0.6, 0.6), factor: float = 0.709):
         import torch
         from facenet_pytorch import MTCNN
-        from facenet_pytorch.models.utils.detect_face import detect_face
+        from facenet_pytorch.models.utils import detect_face as steps
+        from torchvision.ops import batched_nms
 
-        self.torch, self.detect_face = torch, detect_face
-        self.nets = MTCNN(device=torch.device("cpu"))
-        self.thresholds, self.factor = list(thresholds), factor
+        from service.runtime.backends import cpu_has_fast_bf16
 
-    def detect(self, rgb: np.ndarray, min_size: int) -> list[DetectedFace]:
-        image = np.ascontiguousarray(rgb if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2))
-        if min(image.shape[:2]) < max(12, min_size):  # smaller than P-Net's window or the smallest face asked for
-            return []
-        # What MTCNN.detect runs, with the minimum face size given per call rather than set on the shared object.
+        self.torch, self.steps, self.nms = torch, steps, batched_nms
+        # Channels-last runs R- and O-Net 2.5-3.5x faster on this CPU (oneDNN's pooling and convolutions).
+        self.nets = MTCNN(device=torch.device("cpu")).to(memory_format=torch.channels_last)
+        # O-Net in bf16 where the CPU has bf16 instructions: 2.6x faster (AMX); P- and R-Net are slower in bf16.
+        self.onet_dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        self.thresholds, self.factor = thresholds, factor
+
+    def detect(self, images: list[np.ndarray], min_size: int) -> list[list[DetectedFace]]:
+        """facenet-pytorch's `detect_face` over a batch (its steps and networks, each network run over every
+        image's candidates at once), with changes that make it about 1.6x faster on one photo and 2.2x on a batch
+        here: channels-last tensors, networks run in chunks of the size they run fastest in, and each candidate
+        area-resized by OpenCV from the pyramid level nearest its size instead of by one torch call per candidate
+        from the full image."""
+        height, width = images[0].shape[:2]
+        min_size = max(12, min_size)
+        if min(height, width) < min_size:  # smaller than P-Net's window or the smallest face asked for
+            return [[] for _ in images]
+        rgb = np.stack([image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in images])
         with self.torch.inference_mode():
-            boxes, points = self.detect_face(image, max(12, min_size), self.nets.pnet, self.nets.rnet, self.nets.onet,
-                                             self.thresholds, self.factor, self.torch.device("cpu"))
-        found = []
-        for (x1, y1, x2, y2, probability), landmarks in zip(np.asarray(boxes[0]), np.asarray(points[0])):
+            levels = self._pyramid(rgb, min_size)
+            boxes, owners = self._propose(levels, min_size)
+            boxes, owners, regression = self._refine(levels, boxes, owners)
+            boxes = self.steps.rerec(self.steps.bbreg(boxes, regression))
+            boxes, owners, landmarks = self._output(levels, boxes, owners)
+        found: list[list[DetectedFace]] = [[] for _ in images]
+        for (x1, y1, x2, y2, probability), points, owner in zip(boxes.tolist(), landmarks.tolist(), owners.tolist()):
             side = ((x2 - x1) / self.WIDTH_SHARE + (y2 - y1) / self.HEIGHT_SHARE) / 2
             box = _square((x1 + x2) / 2, (y1 + y2) / 2 - self.CENTRE_DROP * side, side)
-            left, right = (float(landmarks[0][0]), float(landmarks[0][1])), (float(landmarks[1][0]), float(landmarks[1][1]))
-            eyes = (left, right) if _plausible_eyes(left, right, side) else None
-            found.append(DetectedFace(box, float(probability), eyes))
+            left, right = tuple(points[0]), tuple(points[1])
+            found[owner].append(DetectedFace(box, probability, (left, right) if _plausible_eyes(left, right, side)
+                                             else None))
         return found
+
+    def _scales(self, height: int, width: int, min_size: int) -> list[float]:
+        """P-Net's scales: from 12 / min_size down by `factor` while the image stays at least 12 pixels."""
+        scale, scales = 12.0 / min_size, []
+        while min(height, width) * scale >= 12:
+            scales.append(scale)
+            scale *= self.factor
+        return scales
+
+    def _pyramid(self, rgb: np.ndarray, min_size: int) -> dict[float, np.ndarray]:
+        """The images (uint8 N x h x w x 3) at 1, at 1/2 and at P-Net's scales, from which candidates are cut;
+        area-resized, as facenet-pytorch resizes. P-Net's levels (sized as facenet-pytorch sizes them) are made from
+        the half image (made exactly: OpenCV's fast path): from the full image a level took 2.3 ms here, from the half
+        a fifth of it. (Each level made from the next larger would be cheaper still, but found a face in a cat.)"""
+        height, width = rgb.shape[1:3]
+        half = np.stack([cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA) for image in rgb])
+        levels = {1.0: rgb, 0.5: half}
+        for scale in self._scales(height, width, min_size):
+            source = half if scale <= 0.5 else rgb
+            levels[scale] = np.stack([cv2.resize(image, (int(width * scale + 1), int(height * scale + 1)),
+                                                 interpolation=cv2.INTER_AREA) for image in source])
+        return levels
+
+    def _propose(self, levels: dict[float, np.ndarray], min_size: int):
+        """P-Net over the pyramid: candidate boxes (x1, y1, x2, y2, score) and the image each is in."""
+        torch, steps = self.torch, self.steps
+        boxes, owners = [], []
+        for scale in self._scales(*levels[1.0].shape[1:3], min_size):
+            regression, probabilities = self.nets.pnet(_network_input(torch, levels[scale]))
+            found, found_owners = steps.generateBoundingBox(regression, probabilities[:, 1], scale, self.thresholds[0])
+            keep = self.nms(found[:, :4], found[:, 4], found_owners, 0.5)
+            boxes.append(found[keep])
+            owners.append(found_owners[keep])
+        boxes, owners = torch.cat(boxes), torch.cat(owners)
+        keep = self.nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+        boxes, owners = boxes[keep], owners[keep]
+        sides = boxes[:, 2:4] - boxes[:, 0:2]
+        corners = torch.cat([boxes[:, 0:2] + boxes[:, 5:7] * sides, boxes[:, 2:4] + boxes[:, 7:9] * sides], dim=1)
+        return steps.rerec(torch.cat([corners, boxes[:, 4:5]], dim=1)), owners
+
+    def _refine(self, levels: dict[float, np.ndarray], boxes, owners):
+        """R-Net on P-Net's candidates: those it keeps, with its box regression."""
+        if not len(boxes):
+            return boxes, owners, boxes[:, :4]
+        regression, probabilities = _in_chunks(self.nets.rnet, self._cut(levels, boxes, owners, 24), 256)
+        score = probabilities[:, 1]
+        passed = score > self.thresholds[1]
+        boxes = self.torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
+        owners, regression = owners[passed], regression[passed]
+        keep = self.nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+        return boxes[keep], owners[keep], regression[keep]
+
+    def _output(self, levels: dict[float, np.ndarray], boxes, owners):
+        """O-Net on R-Net's boxes: the faces (x1, y1, x2, y2, probability), whose images, and five landmarks each."""
+        torch, steps = self.torch, self.steps
+        if not len(boxes):
+            return boxes, owners, torch.zeros((0, 5, 2))
+        with torch.autocast("cpu", dtype=self.onet_dtype, enabled=self.onet_dtype != torch.float32):
+            outputs = _in_chunks(self.nets.onet, self._cut(levels, boxes, owners, 48), 64)
+        regression, landmarks, probabilities = (output.float() for output in outputs)
+        score = probabilities[:, 1]
+        passed = score > self.thresholds[2]
+        boxes = torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
+        owners, regression, landmarks = owners[passed], regression[passed], landmarks[passed]
+        sides = boxes[:, 2:4] - boxes[:, 0:2] + 1
+        points = torch.stack([sides[:, None, 0] * landmarks[:, :5] + boxes[:, None, 0] - 1,
+                              sides[:, None, 1] * landmarks[:, 5:] + boxes[:, None, 1] - 1], dim=2)
+        boxes = steps.bbreg(boxes, regression)
+        keep = steps.batched_nms_numpy(boxes[:, :4], boxes[:, 4], owners, 0.7, "Min")
+        return boxes[keep], owners[keep], points[keep]
+
+    def _cut(self, levels: dict[float, np.ndarray], boxes, owners, side: int):
+        """Each candidate's box (1-based inclusive image pixels, clipped to the image as facenet-pytorch's `pad`
+        clips it) resized to `side` x `side`, the next network's input: cut from the smallest level in which it is
+        still at least `side` pixels wide, so that every resize is small (one from the full image took up to half a
+        millisecond)."""
+        height, width = levels[1.0].shape[1:3]
+        tops, bottoms, lefts, rights = self.steps.pad(boxes, width, height)
+        scales = sorted(levels)
+        cuts = np.zeros((len(boxes), side, side, 3), dtype=np.uint8)
+        for cut, owner, top, bottom, left, right in zip(cuts, owners.tolist(), tops, bottoms, lefts, rights):
+            if bottom < top or right < left:
+                continue
+            extent = max(bottom - top, right - left) + 1
+            scale = next(scale for scale in scales if scale == 1 or extent * scale >= side)
+            level = levels[scale][owner]
+            y0, x0 = int((top - 1) * scale), int((left - 1) * scale)
+            y1, x1 = max(y0 + 1, round(bottom * scale)), max(x0 + 1, round(right * scale))
+            cut[:] = cv2.resize(level[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
+        return _network_input(self.torch, cuts)
+
+
+def _in_chunks(net, inputs, size: int) -> tuple:
+    """`net(inputs)` a chunk at a time: per candidate, O-Net takes 2.4x longer in batches of 256 than of 64 on this
+    CPU (the chunk's activations outgrow the cache), R-Net 1.3x longer in one of 1,600 than of 256."""
+    import torch
+
+    outputs = [net(inputs[start:start + size]) for start in range(0, len(inputs), size)]
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def _network_input(torch, images: np.ndarray):
+    """uint8 N x H x W x 3 as MTCNN's networks take it: float, scaled to about [-1, 1], channels-last (which the
+    N x H x W x 3 memory already is)."""
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
 
 
 def _plausible_eyes(left: Point, right: Point, face_width: float) -> bool:
@@ -167,19 +292,22 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union else 0.0
 
 
-def detect_faces(rgb: np.ndarray, detector: Detector, max_detect_side: int = 640, min_face: int = 48,
-                 max_faces: int = 16, nms_iou: float = 0.3,
-                 min_score: float = 0.0) -> tuple[list[DetectedFace], bool]:
-    """Faces at least `min_face` pixels wide and scoring at least `min_score` in `rgb` (H x W x 3 or H x W
-    uint8), best first, at most `max_faces` of them, and whether more were found. Detection runs on a copy whose
-    longer side is at most `max_detect_side`; boxes and eyes come back in the coordinates of `rgb`."""
+def detection_copy(rgb: np.ndarray, max_detect_side: int) -> tuple[np.ndarray, float]:
+    """The image detection runs on, its longer side at most `max_detect_side`, and its pixels per pixel of `rgb`."""
     height, width = rgb.shape[:2]
     scale = min(1.0, max_detect_side / max(height, width, 1))
-    small = rgb
-    if scale < 1:
-        small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
-    found = [_rescale(face, 1 / scale) for face in detector.detect(small, math.floor(min_face * scale))]
+    if scale == 1:
+        return rgb, 1.0
+    return cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA), scale
+
+
+def select_faces(found: list[DetectedFace], scale: float, min_face: int = 48, max_faces: int = 16,
+                 nms_iou: float = 0.3, min_score: float = 0.0) -> tuple[list[DetectedFace], bool]:
+    """Of a detection copy's faces (`scale` of the image's pixels), those at least `min_face` image pixels wide
+    and scoring at least `min_score`, in the image's coordinates, best first, at most `max_faces` of them, and
+    whether more were found."""
+    found = [_rescale(face, 1 / scale) for face in found]
     found = [face for face in found if face.box[2] >= min_face and face.box[3] >= min_face and face.score >= min_score]
     found.sort(key=lambda face: (face.score, face.box[2] * face.box[3]), reverse=True)
     kept: list[DetectedFace] = []
@@ -187,6 +315,21 @@ def detect_faces(rgb: np.ndarray, detector: Detector, max_detect_side: int = 640
         if all(iou(face.box, other.box) <= nms_iou for other in kept):
             kept.append(face)
     return kept[:max_faces], len(kept) > max_faces
+
+
+def min_detection_size(min_face: int, scale: float) -> int:
+    """The smallest face, in detection-copy pixels, that is `min_face` pixels in the image."""
+    return math.floor(min_face * scale)
+
+
+def detect_faces(rgb: np.ndarray, detector: Detector, max_detect_side: int = 640, min_face: int = 48,
+                 max_faces: int = 16, nms_iou: float = 0.3,
+                 min_score: float = 0.0) -> tuple[list[DetectedFace], bool]:
+    """One image's faces (H x W x 3 or H x W uint8), as `select_faces` keeps them, detected on its copy of at
+    most `max_detect_side`; boxes and eyes in the coordinates of `rgb`. The service batches the same steps."""
+    small, scale = detection_copy(rgb, max_detect_side)
+    found = detector.detect([small], min_detection_size(min_face, scale))[0]
+    return select_faces(found, scale, min_face, max_faces, nms_iou, min_score)
 
 
 def _rescale(face: DetectedFace, factor: float) -> DetectedFace:

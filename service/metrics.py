@@ -13,6 +13,18 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 
 
+class BatcherMetrics:
+    """What a dynamic batcher reports: its queue, its batches, how long images wait and how long a batch runs."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str, what: str, run_name: str, run_help: str):
+        self.batch_size = Histogram(f"{prefix}batch_size", f"{what} per batch", buckets=BATCH_BUCKETS,
+                                    registry=registry)
+        self.queue_depth = Gauge(f"{prefix}queue_depth", f"{what} waiting for a batch", registry=registry)
+        self.queue_wait = Histogram(f"{prefix}queue_wait_seconds", "Time from queueing to the start of the batch",
+                                    buckets=LATENCY_BUCKETS, registry=registry)
+        self.run_time = Histogram(run_name, run_help, buckets=LATENCY_BUCKETS, registry=registry)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -21,20 +33,16 @@ class Metrics:
         self.latency = Histogram("fer_request_duration_seconds", "HTTP request latency", ["method", "endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("fer_images", "Images processed", ["endpoint"], registry=r)
-        self.batch_size = Histogram("fer_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("fer_queue_depth", "Images waiting for inference", registry=r)
-        self.queue_wait = Histogram("fer_queue_wait_seconds", "Time from queueing to the start of the forward pass",
-                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_time = Histogram("fer_inference_seconds", "Forward pass time of one batch",
-                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = BatcherMetrics(r, "fer_", "Face crops (the classifier's images)", "fer_inference_seconds",
+                                        "Forward pass time of one batch")
+        self.detection = BatcherMetrics(r, "fer_detection_", "Photos (face detection's images)",
+                                        "fer_face_detection_seconds", "Face detection time of one batch of photos")
         self.explanation_time = Histogram("fer_explanation_seconds", "Time to compute an explanation", ["kind"],
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("fer_filter_cache_hits", "Filter visualisations served from the cache", registry=r)
         self.cache_misses = Counter("fer_filter_cache_misses", "Filter visualisations computed", registry=r)
         self.faces_per_image = Histogram("fer_faces_per_image", "Faces found per uploaded image (faces=auto|detect)",
                                          buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32, 64), registry=r)
-        self.detection_time = Histogram("fer_face_detection_seconds", "Face detection time per image",
-                                        buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Info("fer_model", "The model being served", registry=r)
         self.backend_throughput = Gauge("fer_backend_images_per_second",
                                         "Images/s of each backend measured at start (FER_BACKEND=auto)", ["backend"],

@@ -1,4 +1,4 @@
-"""The served model, KServe style: `load`, `preprocess`, `predict`, `explain`; no HTTP in here.
+"""The served model, KServe style: `load`, `decode` (and `detect`, `finish`), `predict`, `explain`; no HTTP in here.
 
 It puts the runtime layer (model directory, backends, explainer, filter store) together with the service's
 settings and metrics.
@@ -13,14 +13,14 @@ import torch
 
 from schemas.api import ArchitectureRow, ExplanationMethod, ModelInfo, ModelReport
 from schemas.manifest import Manifest
-from service.runtime.images import declared_size, decode_image, decode_photo
+from service.runtime.images import decode_image, decode_photo
 from service.metrics import Metrics
-from service.runtime.backends import Backend, load_backend, resolve_device
+from service.runtime.backends import Backend, load_backend, resolve_device, resolve_precision
 from service.runtime.explain import METHODS, Explainer
-from service.faces import Detector, make_detector
+from service.faces import DetectedFace, Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
 from service.runtime.modeldir import Artifact, ModelDirError, artifact_path, load_eager_model, load_manifest, read_json
-from service.photos import FaceOptions, FoundFace, Photo, find_faces, is_face_crop
+from service.photos import FaceOptions, FoundFace, Pending, Photo, finish, is_face_crop, prepare
 from service.runtime.tta import predict_with_tta
 from service.settings import Settings
 
@@ -36,8 +36,8 @@ class FerModel:
         self.explainer: Explainer | None = None
         self.filter_store: FilterStore | None = None
         self.tta = "none"
+        self.precision = "fp32"
         self.detector: Detector | None = None
-        self._detect_lock = threading.Lock()
         self.ready = False
 
     @property
@@ -49,9 +49,9 @@ class FerModel:
         """Verify the artifacts, load the backend and the explainer, warm both up."""
         self.manifest = load_manifest(self.model_dir)
         device = resolve_device(self.settings.device)
+        self.precision = resolve_precision(self.settings.precision, device, self.manifest, self.settings.backend)
         self.backend, self.backend_throughput = load_backend(self.model_dir, self.manifest, self.settings.backend,
-                                                             device, self.settings.precision,
-                                                             self.settings.max_batch_size)
+                                                             device, self.precision, self.settings.max_batch_size)
         for name, images_per_second in self.backend_throughput.items():
             self.metrics.backend_throughput.labels(name).set(images_per_second)
         self.tta = self.manifest.tta if self.settings.tta == "manifest" else self.settings.tta
@@ -64,7 +64,7 @@ class FerModel:
         self.warm_up()
         info = self.info()
         self.metrics.model_info.info({"name": info.name, "version": info.version, "backend": info.backend,
-                                      "device": info.device, "tta": self.tta})
+                                      "device": info.device, "tta": self.tta, "precision": self.precision})
         self.ready = True
 
     def warm_up(self) -> None:
@@ -76,48 +76,51 @@ class FerModel:
                 raise ModelDirError(f"{self.model_dir}: the model returns {probabilities.shape[1]} probabilities "
                                     f"per image, but the manifest names {len(self.classes)} classes")
         self.explainer.saliency(torch.zeros((1, *shape), dtype=torch.uint8), "vanilla")
+        self.detector.detect([np.full((96, 96, 3), 128, dtype=np.uint8)], self.settings.min_face_size)
 
     def info(self) -> ModelInfo:
         return ModelInfo(name=self.manifest.name, version=self.manifest.version, backend=self.backend.name,
-                         device=self.backend.device, tta=self.tta, backend_throughput=self.backend_throughput)
+                         device=self.backend.device, tta=self.tta, precision=self.precision,
+                         backend_throughput=self.backend_throughput)
 
     # --- preprocess / predict ------------------------------------------------------------------------
-    def preprocess(self, files: list[tuple[str, bytes]], faces: str = "auto", keep_upright: bool = False,
-                   sizes: list[tuple[int, int] | None] | None = None) -> list[Photo]:
-        """Decode each upload and find its faces (`faces`: auto, detect or none), each cropped to the model's
-        input. `sizes` are the uploads' sizes as their headers declare them, where the caller has read them
-        (`auto` needs them). `keep_upright` keeps the decoded photo, for drawing overlays. Raises ImageError."""
-        if sizes is None:
-            sizes = [declared_size(data) if faces == "auto" else None for _, data in files]
-        return [self._photo(name, data, self.face_mode(size, faces), keep_upright)
-                for (name, data), size in zip(files, sizes)]
-
     def face_mode(self, declared: tuple[int, int] | None, faces: str) -> str:
-        """How an upload's faces are found: under `auto`, a face crop (its header's `declared` size is small and
-        square) is taken whole (`none`), anything else is detected."""
+        """How an upload's faces are found (`faces`: auto, detect or none): under `auto`, a face crop (its header's
+        `declared` size is small and square) is taken whole (`none`), anything else is detected."""
         if faces == "auto":
             return "none" if is_face_crop(declared, self.settings.whole_image_max_side) else "detect"
         return faces
 
-    def _photo(self, name: str, data: bytes, faces: str, keep_upright: bool) -> Photo:
+    def decode(self, name: str, data: bytes, faces: str, keep_upright: bool = False) -> Photo | Pending:
+        """One upload decoded: taken whole (`faces` none: a Photo of one face) or made ready for the detector
+        (detect: Pending, which `finish` turns into a Photo once the detector has run). `keep_upright` keeps the
+        decoded image, for drawing overlays. Raises ImageError."""
         size = self.manifest.input.height
         if faces == "none":  # the fast path: decode straight to the model's input size
             grey, (width, height) = decode_image(data, name, (size, size), self.settings.max_image_pixels)
             return Photo(name, width, height, [FoundFace((0, 0, width, height), None, "whole_image")],
                          grey[None, None], upright=grey if keep_upright else None)
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
-        min_score = self.settings.min_face_score
-        options = FaceOptions(size, self.settings.min_face_size, self.settings.max_faces_per_image,
-                              self.settings.detect_max_pixels,
-                              self.detector.default_min_score if min_score is None else min_score)
-        started = time.perf_counter()
-        with self._detect_lock:  # OpenCV's cascades are not documented as thread-safe
-            photo = find_faces(image, name, original, options, self.detector)
-        self.metrics.detection_time.observe(time.perf_counter() - started)
+        return prepare(image, name, original, self.face_options)
+
+    def detect(self, copies: np.ndarray, key: tuple) -> list[list[DetectedFace]]:
+        """The faces in a batch of same-size detection copies (what the detection batcher calls); `key` is the
+        copies' Pending.key. One thread calls it, so no lock: OpenCV's cascades are not documented as thread-safe."""
+        return self.detector.detect(list(copies), key[1])
+
+    def finish(self, pending: Pending, found: list[DetectedFace], keep_upright: bool = False) -> Photo:
+        photo = finish(pending, found, self.face_options)
         self.metrics.faces_per_image.observe(len(photo.faces))
         if not keep_upright:
             photo.upright = None
         return photo
+
+    @property
+    def face_options(self) -> FaceOptions:
+        settings = self.settings
+        min_score = self.detector.default_min_score if settings.min_face_score is None else settings.min_face_score
+        return FaceOptions(self.manifest.input.height, settings.min_face_size, settings.max_faces_per_image,
+                           settings.detect_max_pixels, min_score)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA and, for the

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from service.faces import DetectedFace, Detector, crop_face, detect_faces
+from service.faces import DetectedFace, Detector, crop_face, detection_copy, min_detection_size, select_faces
 
 
 @dataclass
@@ -49,19 +49,49 @@ def is_face_crop(size: tuple[int, int] | None, max_side: int) -> bool:
     return max(size) <= max_side and max(size) <= 1.25 * min(size)
 
 
+@dataclass
+class Pending:
+    """A decoded photo whose faces are still to be found: the detector takes its `copy`."""
+
+    filename: str
+    original_size: tuple[int, int]  # the upload's width and height
+    image: np.ndarray  # decoded and upright, maybe reduced: what faces are cut from
+    copy: np.ndarray  # the detection copy
+    copy_scale: float  # copy pixels per decoded pixel
+    min_size: int  # the smallest face, in copy pixels
+
+    @property
+    def key(self) -> tuple:
+        """Photos the detector can take in one batch share it: their copies' shape and the smallest face."""
+        return self.copy.shape, self.min_size
+
+
+def prepare(image: np.ndarray, filename: str, original_size: tuple[int, int], options: FaceOptions) -> Pending:
+    """A photo (uint8 H x W grey or H x W x 3 RGB, upright, possibly reduced from the upload's `original_size`
+    (width, height)) made ready for the detector."""
+    copy, copy_scale = detection_copy(image, _detection_side(image, options.max_detect_pixels))
+    min_face = max(1, round(options.min_face * image.shape[1] / original_size[0]))  # in decoded pixels
+    return Pending(filename, original_size, image, copy, copy_scale, min_detection_size(min_face, copy_scale))
+
+
+def finish(pending: Pending, found: list[DetectedFace], options: FaceOptions) -> Photo:
+    """The photo with the faces the detector `found` in its copy, best first, boxes in the upload's coordinates,
+    each cropped to the model's input."""
+    width, height = pending.original_size
+    scale = pending.image.shape[1] / width  # decoded pixels per uploaded pixel
+    detected, truncated = select_faces(found, pending.copy_scale, max(1, round(options.min_face * scale)),
+                                       options.max_faces, min_score=options.min_score)
+    grey = pending.image if pending.image.ndim == 2 else cv2.cvtColor(pending.image, cv2.COLOR_RGB2GRAY)
+    reason = None if detected else f"no face of at least {options.min_face} pixels found"
+    return Photo(pending.filename, width, height, [_found(face, scale) for face in detected],
+                 _crops(grey, detected, options.size), truncated, reason, pending.image)
+
+
 def find_faces(image: np.ndarray, filename: str, original_size: tuple[int, int], options: FaceOptions,
                detector: Detector) -> Photo:
-    """The faces the detector finds in `image` (uint8 H x W grey or H x W x 3 RGB, upright, possibly reduced from
-    the upload's `original_size` (width, height)), best first; boxes are reported in the upload's coordinates."""
-    width, height = original_size
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    scale = image.shape[1] / width  # decoded pixels per uploaded pixel
-    detected, truncated = detect_faces(image, detector, _detection_side(image, options.max_detect_pixels),
-                                       max(1, round(options.min_face * scale)), options.max_faces,
-                                       min_score=options.min_score)
-    reason = None if detected else f"no face of at least {options.min_face} pixels found"
-    return Photo(filename, width, height, [_found(face, scale) for face in detected],
-                 _crops(grey, detected, options.size), truncated, reason, image)
+    """One photo's faces, `prepare`d, detected and `finish`ed in one go (the service batches the detection)."""
+    pending = prepare(image, filename, original_size, options)
+    return finish(pending, detector.detect([pending.copy], pending.min_size)[0], options)
 
 
 def _detection_side(image: np.ndarray, max_pixels: int) -> int:

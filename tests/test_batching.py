@@ -11,7 +11,7 @@ from .conftest import make_client
 from .images import face_bytes
 
 
-def row_sums(images: np.ndarray) -> np.ndarray:
+def row_sums(images: np.ndarray, key=None) -> np.ndarray:
     """A real (if tiny) model: one output per image, so each caller's rows can be told apart."""
     return images.reshape(len(images), -1).sum(1, keepdims=True).astype(np.float64)
 
@@ -22,7 +22,7 @@ def images_of(value: int, count: int = 1) -> np.ndarray:
 
 def recording(sizes: list[int]):
     """row_sums, noting the size of every batch it is given."""
-    def predict(images):
+    def predict(images, key):
         sizes.append(len(images))
         return row_sums(images)
     return predict
@@ -32,7 +32,7 @@ def test_concurrent_submissions_share_batches_and_get_their_own_rows():
     sizes = []
 
     async def scenario():
-        batcher = DynamicBatcher(recording(sizes), max_batch_size=8, max_wait_s=0.05, queue_limit=100, metrics=Metrics())
+        batcher = DynamicBatcher(recording(sizes), max_batch_size=8, max_wait_s=0.05, queue_limit=100, metrics=Metrics().inference)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit(images_of(v, count=1 + v % 3)) for v in range(10)))
         await batcher.close()
@@ -40,33 +40,56 @@ def test_concurrent_submissions_share_batches_and_get_their_own_rows():
 
     results = asyncio.run(scenario())
     for value, result in enumerate(results):
-        assert result.probabilities.ravel().tolist() == [4.0 * value] * (1 + value % 3)
+        assert result.outputs.ravel().tolist() == [4.0 * value] * (1 + value % 3)
     assert max(sizes) > 1 and max(sizes) <= 8 and sum(sizes) == sum(1 + v % 3 for v in range(10))
+
+
+def test_images_batch_with_their_own_kind_and_keep_their_order():
+    """As the detector takes photos: a batch holds one shape (or one key), whatever arrived in between."""
+    batches = []
+
+    def shapes(images, key):
+        batches.append((key, len(images)))
+        return [f"{key}:{int(image.sum())}" for image in images]  # a list of rows, as the detector returns
+
+    async def scenario():
+        batcher = DynamicBatcher(shapes, max_batch_size=8, max_wait_s=0.05, queue_limit=100,
+                                 metrics=Metrics().detection)
+        batcher.start()
+        small, large = np.ones((1, 2, 2), np.uint8), np.ones((1, 3, 3), np.uint8)
+        results = await asyncio.gather(*(batcher.submit(small * v if v % 2 else large * v, key=v % 2)
+                                         for v in range(1, 7)))
+        await batcher.close()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [r.outputs for r in results] == [["1:4"], ["0:18"], ["1:12"], ["0:36"], ["1:20"], ["0:54"]]
+    assert sorted(batches) == [(0, 3), (1, 3)]
 
 
 def test_a_request_larger_than_a_batch_is_split():
     sizes = []
 
     async def scenario():
-        batcher = DynamicBatcher(recording(sizes), max_batch_size=4, max_wait_s=0, queue_limit=100, metrics=Metrics())
+        batcher = DynamicBatcher(recording(sizes), max_batch_size=4, max_wait_s=0, queue_limit=100, metrics=Metrics().inference)
         batcher.start()
         result = await batcher.submit(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1))
         await batcher.close()
         return result
 
-    assert asyncio.run(scenario()).probabilities.ravel().tolist() == list(range(10))
+    assert asyncio.run(scenario()).outputs.ravel().tolist() == list(range(10))
     assert sizes == [4, 4, 2]
 
 
 def test_full_queue_is_refused_and_close_drains_what_was_accepted():
     release = threading.Event()
 
-    def slow_predict(images):
+    def slow_predict(images, key):
         release.wait(5)
         return row_sums(images)
 
     async def scenario():
-        batcher = DynamicBatcher(slow_predict, max_batch_size=2, max_wait_s=0, queue_limit=4, metrics=Metrics())
+        batcher = DynamicBatcher(slow_predict, max_batch_size=2, max_wait_s=0, queue_limit=4, metrics=Metrics().inference)
         batcher.start()
         running = asyncio.ensure_future(batcher.submit(images_of(1, 2)))  # taken by the worker, blocked
         await asyncio.sleep(0.05)
@@ -80,7 +103,7 @@ def test_full_queue_is_refused_and_close_drains_what_was_accepted():
             await batcher.submit(images_of(5))
         release.set()
         await closing
-        return [(await job).probabilities.ravel().tolist() for job in (running, *queued)]
+        return [(await job).outputs.ravel().tolist() for job in (running, *queued)]
 
     assert asyncio.run(scenario()) == [[4.0, 4.0], [8.0, 8.0], [12.0, 12.0]]
 
@@ -88,14 +111,14 @@ def test_full_queue_is_refused_and_close_drains_what_was_accepted():
 def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
     calls = []
 
-    def flaky(images):
+    def flaky(images, key):
         calls.append(len(images))
         if len(calls) == 1:
             raise RuntimeError("device lost")
         return row_sums(images)
 
     async def scenario():
-        batcher = DynamicBatcher(flaky, max_batch_size=4, max_wait_s=0, queue_limit=10, metrics=Metrics())
+        batcher = DynamicBatcher(flaky, max_batch_size=4, max_wait_s=0, queue_limit=10, metrics=Metrics().inference)
         batcher.start()
         with pytest.raises(RuntimeError, match="device lost"):
             await batcher.submit(images_of(1))
@@ -103,7 +126,7 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
         await batcher.close()
         return result
 
-    assert asyncio.run(scenario()).probabilities.ravel().tolist() == [8.0]
+    assert asyncio.run(scenario()).outputs.ravel().tolist() == [8.0]
 
 
 def test_http_503_with_retry_after_when_the_queue_cannot_take_a_request(model_dir):

@@ -70,7 +70,7 @@ def test_the_service_serves_calibrated_probabilities_and_shows_the_calibration(h
         model = client.app.state.plane.model
         body = client.post("/predict?faces=none", files=upload(face_bytes("happy"))).json()
         probabilities = np.array(list(body["predictions"][0]["faces"][0]["probabilities"].values()))
-        crop = model.preprocess([("f", face_bytes("happy"))], "none")[0].crops
+        crop = model.decode("f", face_bytes("happy"), "none").crops
         raw = predict_with_tta(model.backend.predict, crop, model.tta)[0]
         np.testing.assert_allclose(probabilities, calibrate(raw[None], 0.4)[0], atol=1e-5)
         assert client.get("/model").json()["manifest"]["calibration"]["temperature"] == 0.4
@@ -83,7 +83,7 @@ def served_probabilities(client, data: bytes) -> np.ndarray:
 
 def uncalibrated(client, data: bytes) -> np.ndarray:
     model = client.app.state.plane.model
-    return predict_with_tta(model.backend.predict, model.preprocess([("f", data)], "none")[0].crops, model.tta)[0]
+    return predict_with_tta(model.backend.predict, model.decode("f", data, "none").crops, model.tta)[0]
 
 
 def test_a_manifest_without_a_temperature_still_loads_and_serves_as_it_did(hot_model_dir):

@@ -36,7 +36,7 @@ def run_plane(model_dir, steps, **settings):
 def test_the_plane_classifies_explains_and_counts_without_http(model_dir):
     async def steps(plane):
         assert plane.ready()
-        crops = np.stack([plane.served().preprocess([("f", face_bytes("happy", seed=i))], "none")[0].crops[0]
+        crops = np.stack([plane.served().decode("f", face_bytes("happy", seed=i), "none").crops[0]
                           for i in range(3)])
         classified = await plane.classify(Images(crops=crops), "test")
         assert classified.probabilities.shape == (3, 7) and classified.uploaded.photos == []
@@ -90,3 +90,34 @@ def test_every_readiness_endpoint_follows_draining(model_dir):
         assert [answer.status_code for answer in answers] == [503, 400, 400]
         assert answers[0].json() == {"status": "draining"} and "draining" in answers[1].json()["error"]
         client.app.state.draining.clear()  # the lifespan's shutdown drains the pool itself
+
+
+def test_photos_of_concurrent_requests_are_detected_in_one_batch(model_dir):
+    """Four requests of one photo each: the detector is called once, on all four, and each request gets its own
+    faces (a batch that did not fill would wait the whole 30 s)."""
+    from PIL import Image
+    import io
+
+    import skimage.data
+
+    photos = []
+    for name in ("astronaut", "coffee", "astronaut", "chelsea"):
+        encoded = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).resize((400, 300)).save(encoded, "JPEG")
+        photos.append(encoded.getvalue())
+
+    async def steps(plane):
+        batches = []
+        detect = plane.model.detector.detect
+
+        def spy(images, min_size):
+            batches.append(len(images))
+            return detect(images, min_size)
+
+        plane.model.detector.detect = spy
+        results = await asyncio.gather(*(plane.classify(Images(files=[(f"{i}.jpg", photo)], faces="detect"), "test")
+                                         for i, photo in enumerate(photos)))
+        return batches, [len(result.uploaded.photos[0].faces) for result in results]
+
+    batches, faces = run_plane(model_dir, steps, detect_batch_size=4, detect_wait_ms=30_000)
+    assert batches == [4] and faces[0] == faces[2] == 1 and faces[1] == 0

@@ -173,8 +173,9 @@ def test_detections_under_the_minimum_score_are_not_faces():
     class Scored:
         default_min_score = 0.95
 
-        def detect(self, rgb, min_size):
-            return [DetectedFace((10, 10, 60, 60), 0.71, None), DetectedFace((100, 10, 60, 60), 0.999, None)]  # glass, face
+        def detect(self, images, min_size):
+            return [[DetectedFace((10, 10, 60, 60), 0.71, None), DetectedFace((100, 10, 60, 60), 0.999, None)]
+                    for _ in images]  # a glass, a face
 
     image = np.zeros((200, 200, 3), dtype=np.uint8)
     assert [face.score for face in detect_faces(image, Scored(), min_score=0.95)[0]] == [0.999]

@@ -87,9 +87,9 @@ def test_a_face_crop_under_auto_never_reaches_the_detector(photo_client, monkeyp
     seen = []
     original = detector.detect
 
-    def spy(image, *args, **kwargs):
-        seen.append(image.shape)
-        return original(image, *args, **kwargs)
+    def spy(images, *args, **kwargs):
+        seen.extend(image.shape for image in images)
+        return original(images, *args, **kwargs)
 
     monkeypatch.setattr(detector, "detect", spy)
     astronaut_crop = jpeg(np.asarray(Image.fromarray(ASTRONAUT[20:260, 130:370]).resize((200, 200))))
@@ -154,7 +154,9 @@ def test_saliency_overlay_on_a_photo_and_json_per_face(photo_client):
 def test_detection_metrics_are_recorded(photo_client):
     faces_of(photo_client, jpeg(ASTRONAUT))
     text = photo_client.get("/metrics").text
-    assert "fer_faces_per_image_bucket" in text and "fer_face_detection_seconds_count" in text
+    for name in ("fer_faces_per_image_bucket", "fer_face_detection_seconds_count", "fer_detection_batch_size_count",
+                 "fer_detection_queue_depth", "fer_detection_queue_wait_seconds_count"):
+        assert name in text
 
 
 def test_each_face_gets_one_answer_from_predict_saliency_and_v2(photo_client):

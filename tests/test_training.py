@@ -210,7 +210,7 @@ def test_distributed_training_with_torchrun_on_cpu(tmp_path):
 def shipped(model_dir, tmp_path_factory):
     weights = tmp_path_factory.mktemp("shipped") / "fer.safetensors"
     assert training_main(["export", "--checkpoint", str(model_dir / "best.pt"), "--out",
-                          str(tmp_path_factory.mktemp("exported")), "--save-weights", str(weights)]) == 0
+                          str(tmp_path_factory.mktemp("exported")), "--int8", "--save-weights", str(weights)]) == 0
     return weights
 
 
@@ -229,6 +229,8 @@ def test_export_from_shipped_weights_builds_a_verified_directory(shipped, model_
     with make_client(out) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/model").json()["manifest"]["weights_source"]["sha256"] == card["sha256"]
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in out.iterdir() if path.is_file()), \
+        "every file of a model directory must be readable by the service's user (a container's uid 10001)"
     # fp16 weights predict as the fp32 directory does, to the accuracy that matters
     fp32 = json.loads(_evaluate(model_dir))
     fp16 = json.loads(_evaluate(out))
@@ -240,6 +242,61 @@ def _evaluate(model_dir):
                              "synthetic:3500"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_export_from_weights_without_data_makes_the_int8_model_that_was_measured_at_shipping(shipped, tmp_path,
+                                                                                           capsys):
+    """A fresh machine (`make serve`: no data) gets the int8 model of the card, with the card's accuracies, from the
+    calibration shipped beside the weights; one that cannot be vouched for is not exported."""
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    measured = card["quantization"]
+    assert measured["tta"] == card["tta"] and measured["servable"] == (
+        measured["accuracy_fp32"] - measured["accuracy_int8"] <= 0.003)
+    assert "## int8" in shipped.with_name("fer.md").read_text()
+    out = tmp_path / "fresh"
+    assert training_main(["export", "--weights", str(shipped), "--out", str(out)]) == 0
+    manifest = load_manifest(out)
+    assert manifest.quantization.model_dump() == measured
+    assert file_sha256(out / "model.int8.onnx") == measured["int8_sha256"] == manifest.artifacts["onnx_int8"].sha256
+    with make_client(out, backend="auto") as client:  # precision auto: int8 where the export marked it servable
+        info = client.get("/model").json()["model"]
+        assert info["precision"] == ("int8" if measured["servable"] else "fp32")
+        from .images import face_bytes
+
+        answer = client.post("/predict", files=[("files", ("f.png", face_bytes(), "image/png"))]).json()
+        assert answer["model"]["precision"] == info["precision"]
+    # Another int8 model than the one measured (here: the card says another sha256): not exported, and said so.
+    elsewhere = tmp_path / "weights"
+    elsewhere.mkdir()
+    for path in shipped.parent.iterdir():
+        shutil.copy(path, elsewhere / path.name)
+    card["quantization"]["int8_sha256"] = "0" * 64
+    (elsewhere / "fer.card.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    assert training_main(["export", "--weights", str(elsewhere / shipped.name), "--out", str(tmp_path / "other")]) == 0
+    assert "no int8 model" in capsys.readouterr().out
+    assert load_manifest(tmp_path / "other").quantization is None and not (tmp_path / "other" / "model.int8.onnx").exists()
+
+
+def test_precision_auto_serves_int8_only_where_the_export_allows_it(model_dir):
+    from schemas.manifest import QuantizationInfo
+    from service.runtime.backends import resolve_precision
+
+    manifest = load_manifest(model_dir)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu, manifest, "auto") == "fp32"  # no int8 model at all
+    measured = dict(split="val", samples=100, calibration_images=64, tta="flip", accuracy_fp32=0.7, accuracy_int8=0.699)
+    with_int8 = manifest.model_copy(deep=True)
+    with_int8.artifacts["onnx_int8"] = manifest.artifacts["onnx"]
+    with_int8.quantization = QuantizationInfo(**measured, servable=True)
+    assert resolve_precision("auto", cpu, with_int8, "auto") == "int8"
+    assert resolve_precision("auto", cpu, with_int8, "onnx") == "int8"
+    assert resolve_precision("auto", cpu, with_int8, "torchscript") == "fp32"  # it cannot serve int8
+    assert resolve_precision("auto", cuda, with_int8, "auto") == "fp32"
+    assert resolve_precision("fp32", cpu, with_int8, "auto") == "fp32"
+    with_int8.quantization = QuantizationInfo(**measured)  # too far from fp32, or measured before `servable` existed
+    assert resolve_precision("auto", cpu, with_int8, "auto") == "fp32"
+    assert resolve_precision("int8", cpu, with_int8, "auto") == "int8"  # asked for: served
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "tampered", "no card"])

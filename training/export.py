@@ -20,6 +20,7 @@ from schemas.manifest import (
     InputSpec,
     Manifest,
     Preprocessing,
+    QuantizationInfo,
     TrainingConfig,
     WeightsSource,
 )
@@ -29,7 +30,7 @@ from service.runtime.modeldir import RUN_FILES, Artifact, add_artifact, artifact
 from training.calibration import calibrate_model_dir, record_calibration
 from training.data import has_split, load_split
 from training.errors import TrainingError
-from training.shipped import card_path, load_shipped_weights
+from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_path, load_shipped_weights
 from training.soup import average_weights, interpolate_with_parent
 
 ONNX_OPSET = 18
@@ -228,4 +229,12 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     else:
         print(f"not calibrated: {weights.name}'s card has no temperature and no --data with a validation split "
               "was given to fit one")
+    cache = beside(weights, INT8_CALIBRATION_SUFFIX)
+    if card.get("quantization") and cache.is_file():  # the int8 model measured when the weights were shipped
+        from training.quantize import QuantizationRefused, requantize_model_dir
+
+        try:
+            requantize_model_dir(out, cache, QuantizationInfo(**card["quantization"]))
+        except QuantizationRefused as refused:
+            print(f"no int8 model: {refused}")
     return load_manifest(out)

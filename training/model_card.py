@@ -5,10 +5,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from service.runtime.modeldir import Artifact
+from service.runtime.modeldir import Artifact, load_manifest
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
-from training.shipped import beside, card_path, save_shipped_weights
+from training.quantize import MAX_SERVABLE_GAP, quantize_model_dir
+from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_path, save_shipped_weights
 from training.options import command as training_command
 
 RELIABILITY_SUFFIX = ".reliability.png"  # the calibration's diagram beside the weights
@@ -28,8 +29,14 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
     fp32 = evaluate_model_dir(model_dir, data)
     plain = evaluate_model_dir(model_dir, data, tta="none")
     with tempfile.TemporaryDirectory() as scratch:
-        export_weights(weights, Path(scratch) / "fp16", data)
-        fp16 = evaluate_model_dir(Path(scratch) / "fp16", data)
+        shipped = Path(scratch) / "fp16"
+        export_weights(weights, shipped, data)
+        fp16 = evaluate_model_dir(shipped, data)
+        if load_manifest(model_dir).quantization is not None:
+            # Measured on the int8 model of the weights as shipped (fp16), which `export --weights` makes again
+            # from the calibration shipped beside them.
+            card["quantization"] = quantize_model_dir(shipped, data).model_dump()
+            beside(weights, INT8_CALIBRATION_SUFFIX).write_bytes((shipped / Artifact.INT8_CALIBRATION.file).read_bytes())
     card["evaluation"] = {"data": data, "split": fp32["split"], "samples": fp32["samples"], "tta": fp32["tta"],
                           "accuracy": fp32["accuracy"], "accuracy_without_tta": plain["accuracy"],
                           "accuracy_fp16_weights": fp16["accuracy"], "macro_f1": fp32["macro_f1"],
@@ -57,6 +64,31 @@ changes.
 | calibrated (served) | **{calibration['ece_after']:.4f}** | {calibration['nll_after']:.4f} |
 
 ![reliability diagram]({beside(Path(card['file']), RELIABILITY_SUFFIX).name})""")
+
+
+def quantization_section(card: dict) -> str:
+    quantization = card.get("quantization")
+    if not quantization:
+        return "No int8 model was shipped with these weights: the service serves fp32."
+    rows = [(f"`{quantization['tta']}` (served)", quantization["accuracy_fp32"], quantization["accuracy_int8"])]
+    if quantization.get("accuracy_fp32_without_tta") is not None and quantization["tta"] != "none":
+        rows.append(("none", quantization["accuracy_fp32_without_tta"], quantization["accuracy_int8_without_tta"]))
+    table = "\n".join(f"| {tta} | {fp32 * 100:.2f} % | {int8 * 100:.2f} % | {(int8 - fp32) * 100:+.2f} |"
+                       for tta, fp32, int8 in rows)
+    verdict = (f"within {MAX_SERVABLE_GAP * 100:.1f} points of fp32 with the served TTA: **served by default on the "
+               "CPU** (`FER_PRECISION=auto`; `FER_PRECISION=fp32` serves fp32)" if quantization["servable"] else
+               f"more than {MAX_SERVABLE_GAP * 100:.1f} points from fp32 with the served TTA: served only when "
+               "`FER_PRECISION=int8` asks for it")
+    return f"""`export --weights` quantizes the ONNX model to int8 (ONNX Runtime, static QDQ, per-channel int8 weights,
+uint8 activations) with the activation ranges shipped beside these weights
+(`{beside(Path(card['file']), INT8_CALIBRATION_SUFFIX).name}`, calibrated on {quantization['calibration_images']}
+faces of {quantization['split']}); measured on {quantization['samples']} faces of {quantization['split']}:
+
+| TTA | fp32 | int8 | int8 - fp32 (points) |
+| --- | --- | --- | --- |
+{table}
+
+The int8 model is {verdict}."""
 
 
 def export_command(training: dict) -> str:
@@ -156,6 +188,10 @@ Confusion matrix (rows: true class, columns: predicted, in class order):
 ## Calibration
 
 {calibration_section(card)}
+
+## int8
+
+{quantization_section(card)}
 
 ## Known limits
 

@@ -19,6 +19,9 @@ from service.runtime.modeldir import (
 from training.errors import TrainingError
 
 
+INT8_CALIBRATION_SUFFIX = ".int8-calibration.json"  # the int8 model's activation ranges, beside the weights
+
+
 class WeightsError(TrainingError):
     """Shipped weights are missing, truncated, tampered with or do not fit their card."""
 

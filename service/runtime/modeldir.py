@@ -20,6 +20,7 @@ class Artifact(StrEnum):
     TORCHSCRIPT = "torchscript", "model.pt"
     ONNX = "onnx", "model.onnx"
     ONNX_INT8 = "onnx_int8", "model.int8.onnx"  # `export --int8`
+    INT8_CALIBRATION = "int8_calibration", "int8-calibration.json"  # its activation ranges (ONNX Runtime's cache)
     WEIGHTS = "weights", "weights.safetensors"  # fp32: the eager model explanations take gradients of
     ARCHITECTURE = "architecture", "architecture.json"
     HISTORY = "history", "history.json"
@@ -79,6 +80,7 @@ def write_atomically(path: Path, text: str) -> None:
     """Readers (a starting service) see the old file or the new one, never half of one."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text, encoding="utf-8")
+    partial.chmod(0o644)  # read by the service's user, whoever wrote it
     partial.replace(path)
 
 
@@ -87,7 +89,11 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> None:
 
 
 def artifact_info(model_dir: Path, filename: str) -> ArtifactInfo:
+    """A file's entry in the manifest; the file is made readable by every user on the way, since the service (in a
+    container, uid 10001) is rarely the user who exported it, and some writers (safetensors', ONNX Runtime's)
+    create their files 0600."""
     path = Path(model_dir) / filename
+    path.chmod(0o644)
     return ArtifactInfo(path=filename, sha256=file_sha256(path), bytes=path.stat().st_size)
 
 
