@@ -14,7 +14,7 @@ MODEL_EPOCHS ?= $(if $(wildcard $(FER2013)/train),3,6)
 # Real faces for export's parity check and for the report's saliency grid, where FER2013 is at hand.
 FACES_DATA := $(if $(wildcard $(FER2013)/val),--data $(FER2013))
 
-.PHONY: install test model train serve bench-serve bench-abuse docker clean
+.PHONY: install test model train serve bench-serve bench-abuse docker image-smoke clean
 
 install: $(INSTALLED)
 
@@ -44,6 +44,10 @@ train: $(INSTALLED)
 
 serve: $(INSTALLED) $(MODEL_DIR)/report.html
 	$(BIN)/python -m service --model $(MODEL_DIR)
+
+# Build the CPU image and run it as an operator would (docker, else podman); needs an engine and ~15 min.
+image-smoke: $(INSTALLED) $(MODEL_DIR)/report.html
+	docker/smoke.sh
 
 bench-serve: $(INSTALLED) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m bench.serve --model $(MODEL_DIR)

@@ -100,7 +100,7 @@ class DynamicBatcher:
                 await self._arrived.wait()
                 continue
             deadline = self._jobs[0].enqueued + self.max_wait_s
-            while self._queued_images < self.max_batch_size and not self._closing:
+            while self._queued_like(self._jobs[0].key) < self.max_batch_size and not self._closing:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
@@ -110,21 +110,29 @@ class DynamicBatcher:
                 except TimeoutError:
                     break
             batch = self._take_batch()
-            await self._run_batch(loop, batch)
+            if batch:
+                await self._run_batch(loop, batch)
+
+    def _queued_like(self, key: Hashable) -> int:
+        """Images queued that could join a batch of `key`."""
+        return sum(len(job.images) for job in self._jobs if job.key == key)
 
     def _take_batch(self) -> list[_Job]:
-        """The oldest job and, in order, the queued jobs of its key that fit with it; the others keep their places."""
+        """The oldest job and, in order, the queued jobs of its key that fit with it; the others keep their places.
+        Jobs whose caller has gone (cancelled) are dropped, so that they neither run nor hold the queue's room."""
         key = self._jobs[0].key
-        batch, others, size = [], deque(), 0
+        batch, others, size, dropped = [], deque(), 0, 0
         while self._jobs:
             job = self._jobs.popleft()
-            if job.key == key and size + len(job.images) <= self.max_batch_size:
+            if job.future.done():
+                dropped += len(job.images)
+            elif job.key == key and size + len(job.images) <= self.max_batch_size:
                 batch.append(job)
                 size += len(job.images)
             else:
                 others.append(job)
         self._jobs = others
-        self._queued_images -= size
+        self._queued_images -= size + dropped
         self._metrics.queue_depth.set(self._queued_images)
         return batch
 

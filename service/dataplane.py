@@ -146,7 +146,9 @@ class DataPlane:
         self.batcher = DynamicBatcher(lambda crops, _: model.predict(crops), settings.max_batch_size,
                                       settings.batch_wait_ms / 1000, settings.queue_limit, self.metrics.inference)
         # Photos of concurrent requests are detected together, as their faces are classified together.
-        self.detection = DynamicBatcher(model.detect, settings.detect_batch_size, settings.detect_wait_ms / 1000,
+        # A batch holds at most one photo per decode slot: a larger one could never fill.
+        self.detection = DynamicBatcher(model.detect, min(settings.detect_batch_size, settings.max_decodes_in_flight),
+                                        settings.detect_wait_ms / 1000,
                                         settings.max_decodes_in_flight, self.metrics.detection, "detection")
         self.batcher.start()
         self.detection.start()
@@ -159,6 +161,9 @@ class DataPlane:
         self.model.ready = False
         self.explanations.close()
         await self.detection.close()
+        # Photos already detected are still being cut out: their faces go to the classifier before it closes.
+        for _ in range(self.settings.max_decodes_in_flight):
+            await self.decode_slots.acquire()
         await self.batcher.close()
 
     def readiness(self) -> str:
@@ -229,7 +234,7 @@ class DataPlane:
         model = self.model
         async with self.decode_slots:
             pending = await run_in_threadpool(model.decode, name, data, "detect", keep_upright)
-            found = (await self.detection.submit(pending.copy[None], pending.key)).outputs[0]
+            found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
             return await run_in_threadpool(model.finish, pending, found, keep_upright)
 
     def _decodes_inline(self, images: Images, sizes: list[tuple[int, int] | None] | None) -> bool:

@@ -133,11 +133,12 @@ class MtcnnDetector:
             return [[] for _ in images]
         rgb = np.stack([image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2) for image in images])
         with self.torch.inference_mode():
-            levels = self._pyramid(rgb, min_size)
-            boxes, owners = self._propose(levels, min_size)
-            boxes, owners, regression = self._refine(levels, boxes, owners)
+            levels, half = self._pyramid(rgb, min_size)
+            boxes, owners = self._propose(levels)
+            sources = [rgb, half, *(level for _, level in levels)]  # what candidates are cut from
+            boxes, owners, regression = self._refine(sources, boxes, owners)
             boxes = self.steps.rerec(self.steps.bbreg(boxes, regression))
-            boxes, owners, landmarks = self._output(levels, boxes, owners)
+            boxes, owners, landmarks = self._output(sources, boxes, owners)
         found: list[list[DetectedFace]] = [[] for _ in images]
         for (x1, y1, x2, y2, probability), points, owner in zip(boxes.tolist(), landmarks.tolist(), owners.tolist()):
             side = ((x2 - x1) / self.WIDTH_SHARE + (y2 - y1) / self.HEIGHT_SHARE) / 2
@@ -155,26 +156,27 @@ class MtcnnDetector:
             scale *= self.factor
         return scales
 
-    def _pyramid(self, rgb: np.ndarray, min_size: int) -> dict[float, np.ndarray]:
-        """The images (uint8 N x h x w x 3) at 1, at 1/2 and at P-Net's scales, from which candidates are cut;
-        area-resized, as facenet-pytorch resizes. P-Net's levels (sized as facenet-pytorch sizes them) are made from
-        the half image (made exactly: OpenCV's fast path): from the full image a level took 2.3 ms here, from the half
-        a fifth of it. (Each level made from the next larger would be cheaper still, but found a face in a cat.)"""
+    def _pyramid(self, rgb: np.ndarray, min_size: int) -> tuple[list[tuple[float, np.ndarray]], np.ndarray]:
+        """P-Net's levels, (scale, uint8 N x h x w x 3) sized as facenet-pytorch sizes them, and the half image (made
+        exactly: OpenCV's fast path), from which large candidates are cut; all area-resized, as facenet-pytorch
+        resizes. P-Net's levels are made from the half image where they are smaller (from the full image a level
+        took 2.3 ms here, from the half a fifth of it; each level made from the next larger was cheaper still, but
+        found a face in a cat)."""
         height, width = rgb.shape[1:3]
         half = np.stack([cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA) for image in rgb])
-        levels = {1.0: rgb, 0.5: half}
+        levels = []
         for scale in self._scales(height, width, min_size):
             source = half if scale <= 0.5 else rgb
-            levels[scale] = np.stack([cv2.resize(image, (int(width * scale + 1), int(height * scale + 1)),
-                                                 interpolation=cv2.INTER_AREA) for image in source])
-        return levels
+            levels.append((scale, np.stack([cv2.resize(image, (int(width * scale + 1), int(height * scale + 1)),
+                                                       interpolation=cv2.INTER_AREA) for image in source])))
+        return levels, half
 
-    def _propose(self, levels: dict[float, np.ndarray], min_size: int):
+    def _propose(self, levels: list[tuple[float, np.ndarray]]):
         """P-Net over the pyramid: candidate boxes (x1, y1, x2, y2, score) and the image each is in."""
         torch, steps = self.torch, self.steps
         boxes, owners = [], []
-        for scale in self._scales(*levels[1.0].shape[1:3], min_size):
-            regression, probabilities = self.nets.pnet(_network_input(torch, levels[scale]))
+        for scale, level in levels:
+            regression, probabilities = self.nets.pnet(_network_input(torch, level))
             found, found_owners = steps.generateBoundingBox(regression, probabilities[:, 1], scale, self.thresholds[0])
             keep = self.nms(found[:, :4], found[:, 4], found_owners, 0.5)
             boxes.append(found[keep])
@@ -186,11 +188,11 @@ class MtcnnDetector:
         corners = torch.cat([boxes[:, 0:2] + boxes[:, 5:7] * sides, boxes[:, 2:4] + boxes[:, 7:9] * sides], dim=1)
         return steps.rerec(torch.cat([corners, boxes[:, 4:5]], dim=1)), owners
 
-    def _refine(self, levels: dict[float, np.ndarray], boxes, owners):
+    def _refine(self, sources: list[np.ndarray], boxes, owners):
         """R-Net on P-Net's candidates: those it keeps, with its box regression."""
         if not len(boxes):
             return boxes, owners, boxes[:, :4]
-        regression, probabilities = _in_chunks(self.nets.rnet, self._cut(levels, boxes, owners, 24), 256)
+        regression, probabilities = _in_chunks(self.nets.rnet, self._cut(sources, boxes, owners, 24), 256)
         score = probabilities[:, 1]
         passed = score > self.thresholds[1]
         boxes = self.torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
@@ -198,13 +200,13 @@ class MtcnnDetector:
         keep = self.nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
         return boxes[keep], owners[keep], regression[keep]
 
-    def _output(self, levels: dict[float, np.ndarray], boxes, owners):
+    def _output(self, sources: list[np.ndarray], boxes, owners):
         """O-Net on R-Net's boxes: the faces (x1, y1, x2, y2, probability), whose images, and five landmarks each."""
         torch, steps = self.torch, self.steps
         if not len(boxes):
             return boxes, owners, torch.zeros((0, 5, 2))
         with torch.autocast("cpu", dtype=self.onet_dtype, enabled=self.onet_dtype != torch.float32):
-            outputs = _in_chunks(self.nets.onet, self._cut(levels, boxes, owners, 48), 64)
+            outputs = _in_chunks(self.nets.onet, self._cut(sources, boxes, owners, 48), 64)
         regression, landmarks, probabilities = (output.float() for output in outputs)
         score = probabilities[:, 1]
         passed = score > self.thresholds[2]
@@ -217,24 +219,27 @@ class MtcnnDetector:
         keep = steps.batched_nms_numpy(boxes[:, :4], boxes[:, 4], owners, 0.7, "Min")
         return boxes[keep], owners[keep], points[keep]
 
-    def _cut(self, levels: dict[float, np.ndarray], boxes, owners, side: int):
+    def _cut(self, sources: list[np.ndarray], boxes, owners, side: int):
         """Each candidate's box (1-based inclusive image pixels, clipped to the image as facenet-pytorch's `pad`
-        clips it) resized to `side` x `side`, the next network's input: cut from the smallest level in which it is
-        still at least `side` pixels wide, so that every resize is small (one from the full image took up to half a
-        millisecond)."""
-        height, width = levels[1.0].shape[1:3]
+        clips it) resized to `side` x `side`, the next network's input: cut from the smallest of `sources` (the image
+        first, then smaller copies) in which it is still at least 1.5 `side` pixels, so that every resize is small
+        (one from the full image took up to half a millisecond). At 1 `side` the twice-resampled cut differed
+        enough to pass a cat's face through O-Net (0.79); at 1.5 it does not."""
+        height, width = sources[0].shape[1:3]
         tops, bottoms, lefts, rights = self.steps.pad(boxes, width, height)
-        scales = sorted(levels)
+        by_size = sorted(sources, key=lambda images: images.shape[1])
         cuts = np.zeros((len(boxes), side, side, 3), dtype=np.uint8)
         for cut, owner, top, bottom, left, right in zip(cuts, owners.tolist(), tops, bottoms, lefts, rights):
             if bottom < top or right < left:
                 continue
             extent = max(bottom - top, right - left) + 1
-            scale = next(scale for scale in scales if scale == 1 or extent * scale >= side)
-            level = levels[scale][owner]
-            y0, x0 = int((top - 1) * scale), int((left - 1) * scale)
-            y1, x1 = max(y0 + 1, round(bottom * scale)), max(x0 + 1, round(right * scale))
-            cut[:] = cv2.resize(level[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
+            images = next(images for images in by_size
+                          if images is sources[0] or extent * images.shape[1] / height >= 1.5 * side)
+            level_height, level_width = images.shape[1:3]
+            sy, sx = level_height / height, level_width / width  # each level's own ratio: its sides were rounded
+            y0, x0 = min(int((top - 1) * sy), level_height - 1), min(int((left - 1) * sx), level_width - 1)
+            y1, x1 = max(y0 + 1, round(bottom * sy)), max(x0 + 1, round(right * sx))
+            cut[:] = cv2.resize(images[owner, y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
         return _network_input(self.torch, cuts)
 
 

@@ -36,7 +36,7 @@ class Metrics:
         self.inference = BatcherMetrics(r, "fer_", "Face crops (the classifier's images)", "fer_inference_seconds",
                                         "Forward pass time of one batch")
         self.detection = BatcherMetrics(r, "fer_detection_", "Photos (face detection's images)",
-                                        "fer_face_detection_seconds", "Face detection time of one batch of photos")
+                                        "fer_face_detection_batch_seconds", "Face detection time of one batch of photos")
         self.explanation_time = Histogram("fer_explanation_seconds", "Time to compute an explanation", ["kind"],
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.cache_hits = Counter("fer_filter_cache_hits", "Filter visualisations served from the cache", registry=r)

@@ -103,10 +103,10 @@ class FerModel:
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
         return prepare(image, name, original, self.face_options)
 
-    def detect(self, copies: np.ndarray, key: tuple) -> list[list[DetectedFace]]:
-        """The faces in a batch of same-size detection copies (what the detection batcher calls); `key` is the
-        copies' Pending.key. One thread calls it, so no lock: OpenCV's cascades are not documented as thread-safe."""
-        return self.detector.detect(list(copies), key[1])
+    def detect(self, images: np.ndarray, key: tuple) -> list[list[DetectedFace]]:
+        """The faces in a batch of same-size detection images (what the detection batcher calls); `key` is their
+        Pending.key. One thread calls it, so no lock: OpenCV's cascades are not documented as thread-safe."""
+        return self.detector.detect(list(images), key[1])
 
     def finish(self, pending: Pending, found: list[DetectedFace], keep_upright: bool = False) -> Photo:
         photo = finish(pending, found, self.face_options)

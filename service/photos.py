@@ -51,27 +51,29 @@ def is_face_crop(size: tuple[int, int] | None, max_side: int) -> bool:
 
 @dataclass
 class Pending:
-    """A decoded photo whose faces are still to be found: the detector takes its `copy`."""
+    """A decoded photo whose faces are still to be found: the detector takes its `detection_image`."""
 
     filename: str
     original_size: tuple[int, int]  # the upload's width and height
     image: np.ndarray  # decoded and upright, maybe reduced: what faces are cut from
-    copy: np.ndarray  # the detection copy
-    copy_scale: float  # copy pixels per decoded pixel
-    min_size: int  # the smallest face, in copy pixels
+    detection_image: np.ndarray  # `image`, reduced where it has more pixels than detection takes
+    detection_scale: float  # detection_image pixels per image pixel
+    min_face: int  # the smallest face, in image pixels
+    min_size: int  # the smallest face, in detection_image pixels
 
     @property
     def key(self) -> tuple:
-        """Photos the detector can take in one batch share it: their copies' shape and the smallest face."""
-        return self.copy.shape, self.min_size
+        """Photos the detector can take in one batch share it: their detection images' shape and smallest face."""
+        return self.detection_image.shape, self.min_size
 
 
 def prepare(image: np.ndarray, filename: str, original_size: tuple[int, int], options: FaceOptions) -> Pending:
     """A photo (uint8 H x W grey or H x W x 3 RGB, upright, possibly reduced from the upload's `original_size`
     (width, height)) made ready for the detector."""
-    copy, copy_scale = detection_copy(image, _detection_side(image, options.max_detect_pixels))
+    detection_image, scale = detection_copy(image, _detection_side(image, options.max_detect_pixels))
     min_face = max(1, round(options.min_face * image.shape[1] / original_size[0]))  # in decoded pixels
-    return Pending(filename, original_size, image, copy, copy_scale, min_detection_size(min_face, copy_scale))
+    return Pending(filename, original_size, image, detection_image, scale, min_face,
+                   min_detection_size(min_face, scale))
 
 
 def finish(pending: Pending, found: list[DetectedFace], options: FaceOptions) -> Photo:
@@ -79,8 +81,8 @@ def finish(pending: Pending, found: list[DetectedFace], options: FaceOptions) ->
     each cropped to the model's input."""
     width, height = pending.original_size
     scale = pending.image.shape[1] / width  # decoded pixels per uploaded pixel
-    detected, truncated = select_faces(found, pending.copy_scale, max(1, round(options.min_face * scale)),
-                                       options.max_faces, min_score=options.min_score)
+    detected, truncated = select_faces(found, pending.detection_scale, pending.min_face, options.max_faces,
+                                       min_score=options.min_score)
     grey = pending.image if pending.image.ndim == 2 else cv2.cvtColor(pending.image, cv2.COLOR_RGB2GRAY)
     reason = None if detected else f"no face of at least {options.min_face} pixels found"
     return Photo(pending.filename, width, height, [_found(face, scale) for face in detected],
@@ -91,7 +93,7 @@ def find_faces(image: np.ndarray, filename: str, original_size: tuple[int, int],
                detector: Detector) -> Photo:
     """One photo's faces, `prepare`d, detected and `finish`ed in one go (the service batches the detection)."""
     pending = prepare(image, filename, original_size, options)
-    return finish(pending, detector.detect([pending.copy], pending.min_size)[0], options)
+    return finish(pending, detector.detect([pending.detection_image], pending.min_size)[0], options)
 
 
 def _detection_side(image: np.ndarray, max_pixels: int) -> int:

@@ -305,3 +305,26 @@ def test_image_command_serves_passes_readiness_and_drains_on_sigterm(model_dir, 
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_manifests_run_the_image_as_the_smoke_test_ran_it():
+    """docker/smoke.sh runs the image as uid 10001 on a read-only root with only /tmp writable, waits the
+    HEALTHCHECK's start period for /readyz and wants `stop` to finish within its grace: the Dockerfiles and the
+    Deployment must ask for the same, or what the smoke test saw says nothing about the cluster."""
+    smoke = (DOCKER / "smoke.sh").read_text()
+    grace = int(re.search(r"^GRACE=(\d+)", smoke, re.MULTILINE).group(1))
+    start_period = int(re.search(r"^START_PERIOD=(\d+)", smoke, re.MULTILINE).group(1))
+    assert "--read-only --tmpfs /tmp" in smoke and "id -u" in smoke and "10001" in smoke
+    assert f"--start-period={start_period}s" in (DOCKER / "Dockerfile.cpu").read_text()  # the image it runs
+    deployment = by_kind(documents(K8S / "base" / "deployment.yaml"), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsUser"] == 10001 and container["securityContext"]["readOnlyRootFilesystem"]
+    writable = {mount["mountPath"] for mount in container["volumeMounts"]
+                if not mount.get("readOnly") and any(v["name"] == mount["name"] and "emptyDir" in v
+                                                     for v in pod["volumes"])}
+    assert writable == {"/tmp"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= start_period
+    drain = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] >= drain + grace

@@ -181,3 +181,22 @@ def test_detections_under_the_minimum_score_are_not_faces():
     assert [face.score for face in detect_faces(image, Scored(), min_score=0.95)[0]] == [0.999]
     assert len(detect_faces(image, Scored())[0]) == 2
     assert (MtcnnDetector.default_min_score, HaarDetector.default_min_score) == (0.95, 0.0)
+
+
+@pytest.mark.parametrize("shape, min_size", [((16, 120, 3), 12), ((743, 1346, 3), 12), ((101, 333, 3), 24),
+                                             ((13, 13), 12), ((480, 641, 3), 40)])
+def test_every_image_size_and_smallest_face_is_searched_without_error(detector, shape, min_size):
+    """Shapes whose pyramid has a level at scale 1 or 1/2, odd sides, grey: a KeyError here once became a 500 for
+    about one upload of 10 MP and more in six."""
+    blank = np.full(shape, 128, dtype=np.uint8)
+    assert detector.detect([blank, blank], min_size) == [[], []]
+
+
+def test_a_batch_finds_what_each_photo_alone_finds(detector, astronaut):
+    """Photos detected together get the faces each gets alone, each its own."""
+    empty = np.full_like(astronaut, 90)
+    alone = [detector.detect([image], 40)[0] for image in (astronaut, empty, astronaut)]
+    together = detector.detect([astronaut, empty, astronaut], 40)
+    assert [len(faces) for faces in together] == [len(faces) for faces in alone] and len(together[0]) >= 1
+    for mine, theirs in zip(together, alone):
+        assert [face.box for face in mine] == [face.box for face in theirs]

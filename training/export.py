@@ -230,7 +230,9 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
         print(f"not calibrated: {weights.name}'s card has no temperature and no --data with a validation split "
               "was given to fit one")
     cache = beside(weights, INT8_CALIBRATION_SUFFIX)
-    if card.get("quantization") and cache.is_file():  # the int8 model measured when the weights were shipped
+    if card.get("quantization") and not cache.is_file():
+        print(f"no int8 model: {weights.name}'s card measured one, but {cache.name} is not beside the weights")
+    elif card.get("quantization"):  # the int8 model measured when the weights were shipped
         from training.quantize import QuantizationRefused, requantize_model_dir
 
         try:

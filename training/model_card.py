@@ -8,7 +8,7 @@ from pathlib import Path
 from service.runtime.modeldir import Artifact, load_manifest
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
-from training.quantize import MAX_SERVABLE_GAP, quantize_model_dir
+from training.quantize import MAX_SERVABLE_GAP, QuantizationRefused, quantize_model_dir
 from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_path, save_shipped_weights
 from training.options import command as training_command
 
@@ -35,8 +35,12 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
         if load_manifest(model_dir).quantization is not None:
             # Measured on the int8 model of the weights as shipped (fp16), which `export --weights` makes again
             # from the calibration shipped beside them.
-            card["quantization"] = quantize_model_dir(shipped, data).model_dump()
-            beside(weights, INT8_CALIBRATION_SUFFIX).write_bytes((shipped / Artifact.INT8_CALIBRATION.file).read_bytes())
+            try:
+                card["quantization"] = quantize_model_dir(shipped, data).model_dump()
+                beside(weights, INT8_CALIBRATION_SUFFIX).write_bytes(
+                    (shipped / Artifact.INT8_CALIBRATION.file).read_bytes())
+            except QuantizationRefused as refused:
+                print(f"shipped without an int8 model: {refused}")
     card["evaluation"] = {"data": data, "split": fp32["split"], "samples": fp32["samples"], "tta": fp32["tta"],
                           "accuracy": fp32["accuracy"], "accuracy_without_tta": plain["accuracy"],
                           "accuracy_fp16_weights": fp16["accuracy"], "macro_f1": fp32["macro_f1"],

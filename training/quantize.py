@@ -105,7 +105,12 @@ def requantize_model_dir(model_dir: Path, cache: Path, measured: QuantizationInf
     manifest = load_manifest(model_dir)
     int8_path, copied = model_dir / Artifact.ONNX_INT8.file, model_dir / Artifact.INT8_CALIBRATION.file
     shutil.copyfile(cache, copied)
-    _quantize(artifact_path(model_dir, manifest, Artifact.ONNX), int8_path, copied, None)
+    try:
+        _quantize(artifact_path(model_dir, manifest, Artifact.ONNX), int8_path, copied, None)
+    except (ValueError, KeyError, RuntimeError) as error:  # a cache this onnxruntime cannot use, or another graph
+        int8_path.unlink(missing_ok=True)
+        copied.unlink()
+        raise QuantizationRefused(f"{cache.name} cannot quantize this model here ({error})") from None
     if file_sha256(int8_path) != measured.int8_sha256:
         int8_path.unlink()
         copied.unlink()

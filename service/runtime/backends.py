@@ -4,6 +4,7 @@
 fastest; an explicit name always wins.
 """
 
+import importlib.util
 import time
 import warnings
 from collections.abc import Callable
@@ -117,13 +118,15 @@ BACKENDS: dict[str, Callable[[Path, Manifest, torch.device, str], Backend]] = {
 
 def resolve_precision(choice: str, device: torch.device, manifest: Manifest, backend: str) -> str:
     """The precision to serve: `auto` is int8 on the CPU where the export marked the int8 model servable (within 0.3
-    points of fp32 with the served TTA) and the backend can serve it (onnx, or auto), else fp32 (always on CUDA);
+    points of fp32 with the served TTA) and the backend can serve it (onnx, or auto, with onnxruntime installed),
+    else fp32 (always on CUDA);
     any other choice is taken as it is."""
     if choice != "auto":
         return choice
     quantization = manifest.quantization
     servable = quantization is not None and quantization.servable and Artifact.ONNX_INT8 in manifest.artifacts
-    return "int8" if device.type == "cpu" and servable and backend in ("auto", "onnx") else "fp32"
+    onnx_here = importlib.util.find_spec("onnxruntime") is not None  # an optional extra ('.[cpu]')
+    return "int8" if device.type == "cpu" and servable and onnx_here and backend in ("auto", "onnx") else "fp32"
 
 
 def throughput(backend: Backend, manifest: Manifest, batch: int, seconds: float = 0.5) -> float:
