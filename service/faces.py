@@ -123,8 +123,8 @@ class MtcnnDetector:
 
     def detect(self, images: list[np.ndarray], min_size: int) -> list[list[DetectedFace]]:
         """facenet-pytorch's `detect_face` over a batch (its steps and networks, each network run over every
-        image's candidates at once), with changes that make it about 1.6x faster on one photo and 2.2x on a batch
-        here: channels-last tensors, networks run in chunks of the size they run fastest in, and each candidate
+        image's candidates at once), with changes that make it about 2x faster on one photo and 2.3-2.8x per photo
+        on a batch of 8 here (docs/benchmarks.md): channels-last tensors, networks run in chunks of the size they run fastest in, and each candidate
         area-resized by OpenCV from the pyramid level nearest its size instead of by one torch call per candidate
         from the full image."""
         height, width = images[0].shape[:2]
@@ -176,7 +176,7 @@ class MtcnnDetector:
         torch, steps = self.torch, self.steps
         boxes, owners = [], []
         for scale, level in levels:
-            regression, probabilities = self.nets.pnet(_network_input(torch, level))
+            regression, probabilities = self.nets.pnet(_network_input(level))
             found, found_owners = steps.generateBoundingBox(regression, probabilities[:, 1], scale, self.thresholds[0])
             keep = self.nms(found[:, :4], found[:, 4], found_owners, 0.5)
             boxes.append(found[keep])
@@ -240,7 +240,7 @@ class MtcnnDetector:
             y0, x0 = min(int((top - 1) * sy), level_height - 1), min(int((left - 1) * sx), level_width - 1)
             y1, x1 = max(y0 + 1, round(bottom * sy)), max(x0 + 1, round(right * sx))
             cut[:] = cv2.resize(images[owner, y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA)
-        return _network_input(self.torch, cuts)
+        return _network_input(cuts)
 
 
 def _in_chunks(net, inputs, size: int) -> tuple:
@@ -252,9 +252,11 @@ def _in_chunks(net, inputs, size: int) -> tuple:
     return tuple(torch.cat(parts) for parts in zip(*outputs))
 
 
-def _network_input(torch, images: np.ndarray):
+def _network_input(images: np.ndarray):
     """uint8 N x H x W x 3 as MTCNN's networks take it: float, scaled to about [-1, 1], channels-last (which the
     N x H x W x 3 memory already is)."""
+    import torch
+
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() - 127.5) * 0.0078125
 
 
