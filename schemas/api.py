@@ -189,3 +189,84 @@ class ModelReport(BaseModel):
     history: list[dict[str, Any]]
     confusion_matrix: dict[str, Any]
     faithfulness: list[dict[str, Any]] = Field(default_factory=list)
+
+
+VideoFormat = Literal["json", "ndjson", "csv", "mp4", "png"]
+
+
+class VideoInfo(BaseModel):
+    """The video as its header and first frame describe it, and the span and rate sampled."""
+
+    filename: str
+    width: int = Field(description="Upright frame width, as stored (boxes are in these pixels).")
+    height: int
+    codec: str
+    source_fps: float | None = Field(description="The stream's declared frame rate.")
+    duration_s: float | None = Field(description="As the header declares it (the stream may disagree).")
+    rotation: int = Field(description="Degrees counter-clockwise that turned frames upright (display matrix).")
+    sampled_fps: float = Field(description="Frames analysed per second: `fps`, at most the source's.")
+    start_s: float
+    end_s: float | None
+
+
+class VideoFace(Face):
+    """One face in one sampled frame: its track, and its probabilities as /predict gives them for that frame."""
+
+    track_id: int
+    label: str = Field(description="Of the raw probabilities.")
+    confidence: float
+    probabilities: dict[str, float]
+    smoothed: dict[str, float] = Field(description="The track's exponential moving average up to this frame.")
+    smoothed_label: str
+
+
+class VideoFrameResult(BaseModel):
+    index: int = Field(description="Among the sampled frames, from 0.")
+    time_s: float = Field(description="From the start of the video.")
+    faces: list[VideoFace]
+    faces_truncated: bool = False
+
+
+class TrackObservation(BaseModel):
+    frame: int
+    time_s: float
+    box: FaceBox
+    probabilities: dict[str, float]
+    smoothed: dict[str, float]
+
+
+class TrackSummary(BaseModel):
+    id: int
+    frames: int = Field(description="Sampled frames the face was seen in.")
+    first_s: float
+    last_s: float
+    dominant: str = Field(description="The smoothed label held for the largest share of its frames.")
+    share: dict[str, float] = Field(description="Fraction of its frames whose smoothed label is each class.")
+    mean_probabilities: dict[str, float] = Field(description="Of the raw probabilities over its frames.")
+
+
+class VideoTrack(TrackSummary):
+    observations: list[TrackObservation]
+
+
+class Smoothing(BaseModel):
+    method: Literal["ema"] = "ema"
+    time_constant_s: float = Field(description="After a gap of dt seconds a frame weighs 1 - exp(-dt / tau); "
+                                               "0: no smoothing.")
+
+
+class VideoSummary(BaseModel):
+    frames_sampled: int
+    frames_decoded: int
+    tracks: list[TrackSummary]
+    dominant: str | None = Field(description="Over every face of every sampled frame (smoothed labels).")
+    timing_ms: dict[str, float]
+
+
+class VideoResponse(BaseModel):
+    model: ModelInfo
+    video: VideoInfo
+    smoothing: Smoothing
+    frames: list[VideoFrameResult]
+    tracks: list[VideoTrack]
+    summary: VideoSummary

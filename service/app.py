@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from service.dataplane import DataPlane
 from service.errors import install_error_handlers, install_openapi
 from service.metrics import Metrics, MetricsMiddleware
-from service.routers import explain, health, model, predict, v2
+from service.routers import explain, health, model, predict, v2, video
 from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
 from service.uploads import BodySizeLimitMiddleware
@@ -46,13 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = api_keys
     app.state.draining = threading.Event()  # set by the server on SIGTERM: every readiness probe fails at once
     app.state.plane = DataPlane(settings, metrics, app.state.draining)
-    for router in (predict.router, explain.router, model.router, health.router, v2.router):
+    for router in (predict.router, explain.router, video.router, model.router, health.router, v2.router):
         app.include_router(router)
     add_web_page(app)
     install_error_handlers(app)
     install_openapi(app, keys_required=api_keys.enabled, metrics_open=not settings.metrics_require_key)
     # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+                       path_limits={"/video": settings.max_video_bytes})
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"],

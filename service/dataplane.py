@@ -11,17 +11,19 @@ statuses; nothing here knows HTTP.
 import asyncio
 import base64
 import binascii
+import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from service.admission import ExplanationPool
+from service.admission import Busy, Draining, ExplanationPool
 from service.batching import DynamicBatcher
 from service.metrics import Metrics
 from service.model import FerModel
@@ -32,11 +34,13 @@ from service.parameters import (
     checked_filter_request,
     parse_target,
 )
-from service.photos import Photo
-from service.runtime.explain import METHODS
+from service.photos import Photo, prepare
+from service.runtime.explain import METHODS, Cancelled
 from service.runtime.filters import FilterRequest, FilterResult
 from service.runtime.images import ImageError, declared_size, excerpt
 from service.settings import Settings
+from service.tracking import FaceTracker, Smoother, TrackTally
+from service.video import VideoFrame, VideoInfo, VideoLimits, VideoQuery, VideoReader
 
 # Face crops taken whole (faces=none, or auto's crops) of at most this many pixels in all decode on the event loop:
 # in well under a millisecond, less than handing them to a worker thread and back costs (single-image /predict:
@@ -123,7 +127,41 @@ class Filtered:
     cached: bool
 
 
+# Batches of frames a video's reader may be ahead of the frame its caller is given: one in detection, one decoded.
+VIDEO_WINDOW = 2
+
+
+def iter_queue(queue: asyncio.Queue):
+    """What is left in the queue, taken out."""
+    while not queue.empty():
+        yield queue.get_nowait()
+
+
 ImageSource = Callable[[], Awaitable[Images]]  # reads a request's images once admission lets it
+VideoSource = Callable[[], Awaitable[tuple[str, BinaryIO]]]  # a request's video: its name and a seekable file
+
+
+@dataclass
+class TrackedFrame:
+    """A sampled frame with its faces, each face's track and probabilities (raw, as classify gives them, and
+    smoothed over its track)."""
+
+    frame: VideoFrame
+    photo: Photo  # boxes in the upright frame's pixels as stored; `upright` kept when frames are asked for
+    track_ids: list[int]
+    probabilities: np.ndarray  # faces x classes
+    smoothed: np.ndarray
+
+
+@dataclass
+class VideoDone:
+    frames_sampled: int
+    frames_decoded: int
+    tracks: dict[int, TrackTally]
+    timing_ms: dict[str, float]
+
+
+VideoEvent = VideoInfo | TrackedFrame | VideoDone
 
 
 class DataPlane:
@@ -136,6 +174,7 @@ class DataPlane:
         self.detection: DynamicBatcher | None = None
         self.explanations: ExplanationPool | None = None
         self.decode_slots: asyncio.Semaphore | None = None
+        self.videos_in_flight = 0
 
     # --- life and readiness ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -337,3 +376,125 @@ class DataPlane:
                                    "fewer filters, steps or a smaller size")
         with self.explanations.admitted() as ticket:
             return Filtered(request, await self.explanations.run(ticket, connection, model.filters, request), False)
+
+    # --- video ---------------------------------------------------------------------------------------
+    def video_limits(self) -> VideoLimits:
+        settings = self.settings
+        return VideoLimits(settings.max_video_seconds, settings.max_video_frames, settings.max_video_pixels,
+                           settings.max_image_pixels)
+
+    @contextlib.contextmanager
+    def _video_admitted(self):
+        """A place for one video for as long as the block runs, or Busy / Draining at once."""
+        if self.draining.is_set():
+            raise Draining("the service is shutting down")
+        if self.videos_in_flight >= self.settings.max_videos_in_flight:
+            raise Busy(f"{self.videos_in_flight} videos are being analysed (limit {self.settings.max_videos_in_flight})")
+        self.videos_in_flight += 1
+        try:
+            yield
+        finally:
+            self.videos_in_flight -= 1
+
+    async def video(self, source: VideoSource, query: VideoQuery, smoothing_s: float,
+                    connection: Connection | None = None, keep_frames: bool = False) -> AsyncIterator[VideoEvent]:
+        """A video's sampled frames, in order, each with its faces followed into tracks: first the VideoInfo, then a
+        TrackedFrame per sampled frame, then VideoDone with each track's summary.
+
+        A reader task decodes frames one after another on worker threads, each frame holding a decode slot until its
+        faces are cut out, while earlier frames are in detection and classification: a video's frames are detected
+        in batches (with other videos' and photos' of the same size) and their faces classified with every other
+        request's. At most VIDEO_WINDOW batches of frames are read ahead of the one the caller is given, so a slow
+        reader of the answer holds a bounded number of frames. Each face's probabilities are the ones /predict
+        gives it on that frame. Admitted before the upload is read (Busy beyond FER_MAX_VIDEOS_IN_FLIGHT); a client
+        that disconnects stops the work (Cancelled); an error after the first frames comes after them."""
+        model = self.served()
+        with self._video_admitted():
+            started = time.perf_counter()
+            filename, file = await source()
+            reader = await run_in_threadpool(VideoReader, file, filename, query, self.video_limits())
+            info = reader.info
+            ahead = asyncio.Semaphore(VIDEO_WINDOW * self.settings.detect_batch_size)
+            frames: asyncio.Queue = asyncio.Queue()  # of frame tasks, then None at the end or the reader's error
+            decode_s = [0.0]
+            producer = asyncio.ensure_future(self._read_frames(reader, info, ahead, frames, keep_frames, decode_s))
+            try:
+                yield info
+                tracker, smoother, tracks = FaceTracker(), Smoother(smoothing_s), {}
+                while (item := await frames.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    frame, photo, probabilities = await item
+                    ahead.release()
+                    if connection is not None and await connection.is_disconnected():
+                        raise Cancelled("the client disconnected")
+                    ids = tracker.update([face.box for face in photo.faces], frame.time)
+                    smoothed = np.stack([smoother(track_id, frame.time, row) for track_id, row
+                                         in zip(ids, probabilities)]) if ids else probabilities
+                    for track_id, row, smooth in zip(ids, probabilities, smoothed):
+                        tracks.setdefault(track_id, TrackTally()).add(frame.time, row, smooth)
+                    self.metrics.video_frames.labels("sampled").inc()
+                    self._count("/video", len(photo.faces))
+                    yield TrackedFrame(frame, photo, ids, probabilities, smoothed)
+                self.metrics.video_frames.labels("decoded").inc(reader.decoded)
+                self.metrics.video_seconds.inc(reader.sampled / info.sampled_fps)
+                self.metrics.video_tracks.observe(len(tracks))
+                yield VideoDone(reader.sampled, reader.decoded, tracks,
+                                {"decode": round(decode_s[0] * 1000, 3),
+                                 "total": round((time.perf_counter() - started) * 1000, 3)})
+            finally:
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)  # its thread, if reading, finishes first
+                pending = [item for item in iter_queue(frames) if isinstance(item, asyncio.Future)]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)  # each gives its decode slot back
+                await run_in_threadpool(reader.close)
+
+    async def _read_frames(self, reader: VideoReader, info: VideoInfo, ahead: asyncio.Semaphore,
+                           frames: asyncio.Queue, keep_frames: bool, decode_s: list[float]) -> None:
+        """The reader task: each sampled frame decoded (within a decode slot) and sent on to detection and
+        classification as a task, in order; then None, or the error that stopped the reading."""
+        try:
+            while True:
+                await ahead.acquire()
+                await self.decode_slots.acquire()
+                try:
+                    read = await run_in_threadpool(self._read_frame, reader, info)
+                except BaseException:
+                    self.decode_slots.release()
+                    raise
+                if read is None:
+                    self.decode_slots.release()
+                    break
+                decode_s[0] += read[2]
+                self.metrics.video_decode_time.observe(read[2])
+                frames.put_nowait(asyncio.ensure_future(self._video_frame(*read[:2], keep_frames)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the caller raises it after the frames read before it
+            frames.put_nowait(error)
+            return
+        frames.put_nowait(None)
+
+    def _read_frame(self, reader: VideoReader, info: VideoInfo):
+        """The next sampled frame, made ready for the detector, and the seconds it took (on a worker thread)."""
+        started = time.perf_counter()
+        frame = reader.next_frame()
+        if frame is None:
+            return None
+        pending = prepare(frame.image, info.filename, (info.width, info.height), self.model.face_options)
+        return frame, pending, time.perf_counter() - started
+
+    async def _video_frame(self, frame: VideoFrame, pending, keep_frames: bool):
+        """One frame's faces found (with other frames' and photos'), cut out and classified."""
+        model = self.model
+        try:
+            found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
+            photo = await run_in_threadpool(model.finish, pending, found, keep_frames)
+        finally:
+            self.decode_slots.release()
+        probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
+        if len(photo.crops):
+            probabilities = np.asarray((await self.batcher.submit(photo.crops)).outputs, dtype=np.float32)
+        return frame, photo, probabilities

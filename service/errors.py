@@ -86,6 +86,9 @@ async def unavailable(request: Request, error: Exception) -> JSONResponse:
     return error_response(request, 503, f"try again shortly: {error}", {"Retry-After": "1"})
 
 
+UNAVAILABLE = (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error the service maps to a status, in one place."""
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -94,8 +97,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidParameter, invalid_parameter)
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(NotReady, not_ready)
-    for error in (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError):
+    for error in UNAVAILABLE:
         app.add_exception_handler(error, unavailable)
+
+
+def streamed_error(error: BaseException) -> tuple[int, str] | None:
+    """The status and message the handlers above answer `error` with, for an answer already streaming (its status
+    sent): what its last line says. None for an error no handler knows (a fault of the service)."""
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code, str(error.detail)
+    if isinstance(error, (ImageError, InvalidParameter, ProtocolError)):
+        return error.status, str(error)
+    if isinstance(error, NotReady):
+        return 503, str(error)
+    if isinstance(error, UNAVAILABLE):
+        return 503, f"try again shortly: {error}"
+    return None
 
 
 def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> None:

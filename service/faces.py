@@ -110,11 +110,11 @@ class MtcnnDetector:
         import torch
         from facenet_pytorch import MTCNN
         from facenet_pytorch.models.utils import detect_face as steps
-        from torchvision.ops import batched_nms
+        from torchvision.ops import nms
 
         from service.runtime.backends import cpu_has_fast_bf16
 
-        self.torch, self.steps, self.nms = torch, steps, batched_nms
+        self.torch, self.steps, self.nms = torch, steps, nms
         # Channels-last runs R- and O-Net 2.5-3.5x faster on this CPU (oneDNN's pooling and convolutions).
         self.nets = MTCNN(device=torch.device("cpu")).to(memory_format=torch.channels_last)
         # O-Net in bf16 where the CPU has bf16 instructions: 2.6x faster (AMX); P- and R-Net are slower in bf16.
@@ -178,11 +178,11 @@ class MtcnnDetector:
         for scale, level in levels:
             regression, probabilities = self.nets.pnet(_network_input(level))
             found, found_owners = steps.generateBoundingBox(regression, probabilities[:, 1], scale, self.thresholds[0])
-            keep = self.nms(found[:, :4], found[:, 4], found_owners, 0.5)
+            keep = self._per_image(found, found_owners, lambda mine: self.nms(mine[:, :4], mine[:, 4], 0.5))
             boxes.append(found[keep])
             owners.append(found_owners[keep])
         boxes, owners = torch.cat(boxes), torch.cat(owners)
-        keep = self.nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+        keep = self._per_image(boxes, owners, lambda mine: self.nms(mine[:, :4], mine[:, 4], 0.7))
         boxes, owners = boxes[keep], owners[keep]
         sides = boxes[:, 2:4] - boxes[:, 0:2]
         corners = torch.cat([boxes[:, 0:2] + boxes[:, 5:7] * sides, boxes[:, 2:4] + boxes[:, 7:9] * sides], dim=1)
@@ -197,7 +197,7 @@ class MtcnnDetector:
         passed = score > self.thresholds[1]
         boxes = self.torch.cat([boxes[passed, :4], score[passed, None]], dim=1)
         owners, regression = owners[passed], regression[passed]
-        keep = self.nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
+        keep = self._per_image(boxes, owners, lambda mine: self.nms(mine[:, :4], mine[:, 4], 0.7))
         return boxes[keep], owners[keep], regression[keep]
 
     def _output(self, sources: list[np.ndarray], boxes, owners):
@@ -216,8 +216,19 @@ class MtcnnDetector:
         points = torch.stack([sides[:, None, 0] * landmarks[:, :5] + boxes[:, None, 0] - 1,
                               sides[:, None, 1] * landmarks[:, 5:] + boxes[:, None, 1] - 1], dim=2)
         boxes = steps.bbreg(boxes, regression)
-        keep = steps.batched_nms_numpy(boxes[:, :4], boxes[:, 4], owners, 0.7, "Min")
+        keep = self._per_image(boxes, owners, lambda mine: steps.nms_numpy(mine[:, :4].numpy(), mine[:, 4].numpy(),
+                                                                           0.7, "Min"))
         return boxes[keep], owners[keep], points[keep]
+
+    def _per_image(self, boxes, owners, nms):
+        """The indices `nms` keeps, run on each image's boxes alone, in their order: a photo keeps the same boxes
+        whatever photos share its batch (one NMS over all, with boxes offset per image as torchvision's and
+        facenet-pytorch's batched NMS do, broke score ties and rounded coordinates with the company: O-Net's bf16
+        scores tie often, and boxes moved by up to 8 pixels)."""
+        torch = self.torch
+        kept = [indices[torch.as_tensor(nms(boxes[indices]), dtype=torch.long)]
+                for indices in (torch.nonzero(owners == owner)[:, 0] for owner in torch.unique(owners).tolist())]
+        return torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
 
     def _cut(self, sources: list[np.ndarray], boxes, owners, side: int):
         """Each candidate's box (1-based inclusive image pixels, clipped to the image as facenet-pytorch's `pad`

@@ -44,6 +44,14 @@ class Metrics:
         self.faces_per_image = Histogram("fer_faces_per_image", "Faces found per uploaded image (faces=auto|detect)",
                                          buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32, 64), registry=r)
         self.model_info = Info("fer_model", "The model being served", registry=r)
+        self.video_frames = Counter("fer_video_frames", "Video frames decoded, and sampled for analysis", ["stage"],
+                                    registry=r)
+        self.video_seconds = Counter("fer_video_seconds", "Seconds of video analysed (sampled frames / sampled rate)",
+                                     registry=r)
+        self.video_decode_time = Histogram("fer_video_decode_seconds", "Time to decode a sampled frame (and the "
+                                           "frames skipped before it)", buckets=LATENCY_BUCKETS, registry=r)
+        self.video_tracks = Histogram("fer_video_tracks", "Face tracks per analysed video",
+                                      buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         self.backend_throughput = Gauge("fer_backend_images_per_second",
                                         "Images/s of each backend measured at start (FER_BACKEND=auto)", ["backend"],
                                         registry=r)

@@ -71,6 +71,16 @@ class Settings(BaseSettings):
                                                         "one size and smallest face batch together).")
     detect_wait_ms: float = Field(5.0, ge=0, description="How long the first photo of a detection batch waits "
                                                          "for company (detection takes 20-60 ms a photo here).")
+    max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest /video upload (spooled to a "
+                                                                          "temporary file, not held in memory).")
+    max_video_seconds: float = Field(600.0, gt=0, description="Longest span of one video read per request, from "
+                                                              "`start`.")
+    max_video_frames: int = Field(3000, ge=1, description="Most sampled frames per /video request.")
+    max_video_pixels: int = Field(1_000_000, ge=4096, description="Video frames are decoded reduced to at most this "
+                                                                  "many pixels (boxes stay in the stored frame's).")
+    max_videos_in_flight: int = Field(2, ge=1, description="Videos analysed at once; beyond them, 503.")
+    video_smoothing_s: float = Field(1.0, ge=0, description="Default time constant of /video's smoothing of each "
+                                                            "track's probabilities (an exponential moving average).")
     header_timeout_s: float = Field(10.0, gt=0, description="Time a connection has to send a request's headers.")
     body_timeout_s: float = Field(60.0, gt=0, description="Time a request has to send its body, after its headers.")
     max_connections: int = Field(1000, ge=1, description="Open connections; lowered to fit the descriptor limit.")

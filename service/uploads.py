@@ -1,4 +1,9 @@
-"""Reading images out of a request: multipart `files` (repeatable) or JSON `{"images": [base64, ...]}`."""
+"""Reading uploads out of a request: images as multipart `files` (repeatable) or JSON `{"images": [base64, ...]}`;
+a video as a multipart `file` or the raw body, spooled to a temporary file."""
+
+import tempfile
+from contextlib import AsyncExitStack
+from typing import BinaryIO
 
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
@@ -64,21 +69,55 @@ async def _form(request: Request, max_images: int):
         raise
 
 
-class BodySizeLimitMiddleware:
-    """413 for bodies over `max_bytes`, declared (Content-Length) or streamed, before they are buffered."""
+VIDEO_TYPES = ("video/", "application/octet-stream")
+SPOOL_BYTES = 1024 * 1024  # of a raw video body held in memory before it goes to disk (multipart's spools alike)
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+async def read_video(request: Request, closing: AsyncExitStack) -> tuple[str, BinaryIO]:
+    """The request's video (a multipart `file` field, or a raw body of a video/* or octet-stream type) as a
+    seekable file, closed (and deleted) by `closing`. Its size is bounded by the body limit of /video."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type == "multipart/form-data":
+            form = await _form(request, 1)
+            closing.push_async_callback(form.close)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, "no video: send it as a multipart file field named `file`" if upload is None
+                                    else "`file` is text, not a file upload")
+            return upload.filename or "video", upload.file
+        if content_type.startswith(VIDEO_TYPES):
+            spool = closing.enter_context(tempfile.SpooledTemporaryFile(SPOOL_BYTES))
+            async for chunk in request.stream():
+                spool.write(chunk)
+            if not spool.tell():
+                raise HTTPException(400, "empty body: send the video file as the body")
+            spool.seek(0)
+            return request.headers.get("x-filename", "video"), spool
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before the request body was complete") from None
+    raise HTTPException(415, f"unsupported content type {excerpt(content_type) or '(none)'!r}: send the video as "
+                             "multipart/form-data with a `file` field, or as the body with a video/* type")
+
+
+class BodySizeLimitMiddleware:
+    """413 for bodies over their path's limit (`max_bytes`, or `path_limits`'), declared (Content-Length) or
+    streamed, before they are buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         # (a length of more digits than any limit is refused without converting it: int() caps digits)
-        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
-            message = f"request body of {excerpt(declared.decode(), 20)} bytes exceeds the limit of {self.max_bytes}"
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes):
+            message = f"request body of {excerpt(declared.decode(), 20)} bytes exceeds the limit of {max_bytes}"
             response = JSONResponse({error_key(scope["path"]): message}, status_code=413,
                                     headers={"connection": "close"})
             await response(scope, receive, send)
@@ -89,8 +128,8 @@ class BodySizeLimitMiddleware:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+            if received > max_bytes:
+                raise HTTPException(413, f"request body exceeds the limit of {max_bytes} bytes")
             return message
 
         await self.app(scope, limited_receive, send)

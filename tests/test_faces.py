@@ -192,11 +192,16 @@ def test_every_image_size_and_smallest_face_is_searched_without_error(detector, 
     assert detector.detect([blank, blank], min_size) == [[], []]
 
 
-def test_a_batch_finds_what_each_photo_alone_finds(detector, astronaut):
-    """Photos detected together get the faces each gets alone, each its own."""
-    empty = np.full_like(astronaut, 90)
-    alone = [detector.detect([image], 40)[0] for image in (astronaut, empty, astronaut)]
-    together = detector.detect([astronaut, empty, astronaut], 40)
+def test_a_batch_finds_what_each_photo_alone_finds(detector):
+    """Photos detected together get exactly the faces each gets alone, each its own: an answer does not hang on the
+    photos it was detected with (one NMS over the batch moved boxes by up to 8 pixels with the company: test_video's
+    frames, posted to /predict one by one, then got other numbers)."""
+    from bench import videos
+
+    photos = [image for _, image, _ in videos.frames(videos.two_faces(), 1.6, 5)]
+    photos.insert(3, np.full_like(photos[0], 90))
+    alone = [detector.detect([image], 40)[0] for image in photos]
+    together = detector.detect(photos, 40)
     assert [len(faces) for faces in together] == [len(faces) for faces in alone] and len(together[0]) >= 1
     for mine, theirs in zip(together, alone):
         assert [face.box for face in mine] == [face.box for face in theirs]
