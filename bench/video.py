@@ -16,7 +16,6 @@ from pathlib import Path
 import aiohttp
 import av
 import httpx
-from PIL import Image
 
 from bench import videos
 from bench.serve import ROOT, serving

@@ -14,7 +14,6 @@ import binascii
 import contextlib
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -408,7 +407,7 @@ class DataPlane:
         reader of the answer holds a bounded number of frames. Each face's probabilities are the ones /predict
         gives it on that frame. Admitted before the upload is read (Busy beyond FER_MAX_VIDEOS_IN_FLIGHT); a client
         that disconnects stops the work (Cancelled); an error after the first frames comes after them."""
-        model = self.served()
+        self.served()
         with self._video_admitted():
             started = time.perf_counter()
             filename, file = await source()

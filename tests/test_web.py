@@ -201,6 +201,48 @@ def test_camera_snapshot_is_analysed(watched):
     watched.assert_clean()
 
 
+def test_video_view_plays_the_clip_with_its_tracks_and_timelines(watched, server_url, tmp_path):
+    """A WebM clip (VP9, which Chromium plays) of two people: the boxes drawn over the playing video are /video's for
+    the frame shown, captioned with track and smoothed label, and each person gets a timeline."""
+    from bench import videos
+
+    clip = videos.encode(videos.two_faces(), 2.0, container="webm", codec="libvpx-vp9")
+    page = watched.open("/#video")
+    page.wait_for_selector("#status.ok")
+    page.set_input_files("#video-input", [upload("two.webm", clip, "video/webm")])
+    sync_api.expect(page.locator("#video-status")).to_contain_text("2 people in 10 frames analysed",
+                                                                   timeout=60_000)
+    assert page.locator(".timeline").count() == 2
+    assert page.locator(".timeline h3").first.text_content().startswith("Person #1: mostly ")
+    assert page.locator(".timeline").first.locator("rect.timeline-step").count() == 10
+    answer = httpx.post(f"{server_url}/video", files={"file": ("two.webm", clip, "video/webm")}, timeout=60).json()
+    page.evaluate("document.getElementById('video-playback').currentTime = 1.0")
+    page.wait_for_function("document.getElementById('video-playback').readyState >= 2 && "
+                           "document.querySelectorAll('#video-boxes rect.box').length === 2")
+    frame = next(frame for frame in answer["frames"] if frame["time_s"] == 1.0)
+    drawn = sorted(({key: float(rect.get_attribute(key)) for key in ("x", "y", "width", "height")}
+                    for rect in page.locator("#video-boxes rect.box").all()), key=lambda box: box["x"])
+    assert drawn == sorted(({key: float(value) for key, value in face["box"].items()} for face in frame["faces"]),
+                           key=lambda box: box["x"])
+    captions = sorted(page.locator("#video-boxes text.box-label").all_text_contents())
+    assert captions == sorted(f"#{face['track_id']} {face['smoothed_label']}" for face in frame["faces"])
+    page.screenshot(path=tmp_path / "video.png", full_page=True)
+    watched.assert_clean()
+
+
+def test_live_camera_shows_smoothed_labels(watched):
+    page = watched.open("/#video")
+    page.click("#live-open")
+    page.wait_for_function("document.getElementById('live-video').readyState >= 2")
+    # Chromium's fake camera shows a test pattern, no face: the live view says so, frame after frame
+    sync_api.expect(page.locator("#live-status")).to_have_text("No face in view.")
+    page.click("#live-close")
+    assert page.locator("#live").is_hidden()
+    assert page.evaluate("[...document.getElementById('live-video').srcObject.getTracks()]"
+                         ".every(track => track.readyState === 'ended')")
+    watched.assert_clean()
+
+
 def test_filters_view_shows_progress_then_serves_from_cache(watched, tmp_path):
     page = watched.open()
     # Record what the status line shows while the service computes, however briefly.

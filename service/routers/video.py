@@ -16,7 +16,6 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from schemas.api import (
-    FaceBox,
     Smoothing,
     TrackObservation,
     TrackSummary,

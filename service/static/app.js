@@ -1,4 +1,5 @@
-// The service's own page: photos -> faces, probabilities and saliency; filter visualisations; the model report.
+// The service's own page: photos -> faces, probabilities and saliency; a video's faces over time (and the camera,
+// live); filter visualisations; the model report.
 // Plain DOM code, no framework and nothing fetched from outside the service.
 "use strict";
 
@@ -106,7 +107,7 @@ async function fillTargetClasses() {
 
 // --- tabs --------------------------------------------------------------------------------------------
 
-const TABS = ["predict", "filters", "model"];
+const TABS = ["predict", "video", "filters", "model"];
 const viewOpened = { filters: openFilters, model: openModel };
 
 function selectTab(name, focus = false) {
@@ -210,15 +211,18 @@ function describeFaces(prediction, faces) {
   return `${found}: ${labels}.${truncated}`;
 }
 
-function drawBoxes(svg, faces, width, height) {
+// Each face's box and caption over a picture of width x height pixels; by default numbered in order, with the
+// colour of its number (a video's faces are captioned and coloured by their track).
+function drawBoxes(svg, faces, width, height, caption = (face, i) => `${i + 1} ${face.label}`,
+                   colourOf = (face, i) => FACE_COLOURS[i % FACE_COLOURS.length]) {
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const fontSize = width / 18; // the photo always fills its column, so this keeps labels one readable size
   faces.forEach((face, i) => {
     const { x, y, width: w, height: h } = face.box;
-    const colour = FACE_COLOURS[i % FACE_COLOURS.length];
+    const colour = colourOf(face, i);
     svgElement("rect", { x, y, width: w, height: h, class: "box", stroke: colour }, svg);
-    const text = `${i + 1} ${face.label}`;
+    const text = caption(face, i);
     const labelY = y > fontSize * 1.3 ? y - fontSize * 0.3 : y + fontSize; // above the box, inside at the top edge
     const labelWidth = text.length * fontSize * 0.62;
     svgElement("rect", { x, y: labelY - fontSize, width: labelWidth, height: fontSize * 1.25, fill: colour,
@@ -375,6 +379,214 @@ function showPhotoMessage(text) {
   $("results").prepend(card);
 }
 
+// --- video: every face followed through a clip; the camera, live ------------------------------------
+
+// A colour per expression, as the service's timeline PNGs have them (matplotlib's tab10).
+const CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
+const LIVE_INTERVAL_MS = 400; // camera frames posted a few times a second
+const trackColour = (face) => FACE_COLOURS[(face.track_id - 1) % FACE_COLOURS.length];
+let videoRequest = null;
+let videoInfo = null;
+let videoFrames = []; // the sampled frames analysed so far, in time order
+
+function setUpVideo() {
+  $("video-input").addEventListener("change", () => {
+    const file = $("video-input").files[0];
+    if (file) analyseVideo(file);
+  });
+  for (const event of ["timeupdate", "seeked", "loadedmetadata"]) $("video-playback").addEventListener(event, drawVideoBoxes);
+  if (!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia)) return; // the live button stays hidden
+  $("live-open").hidden = false;
+  $("live-open").addEventListener("click", openLive);
+  $("live-close").addEventListener("click", closeLive);
+}
+
+async function analyseVideo(file) {
+  if (videoRequest) videoRequest.abort();
+  videoRequest = new AbortController();
+  const status = $("video-status");
+  status.className = "status busy";
+  status.replaceChildren(element("span", { class: "spinner", "aria-hidden": "true" }), "Sending the video…");
+  $("timelines").replaceChildren();
+  videoFrames = [];
+  videoInfo = null;
+  const player = $("video-playback");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(file);
+  $("video-player").hidden = false;
+  const query = new URLSearchParams({ format: "ndjson", fps: $("video-fps").value, smoothing: $("video-smoothing").value });
+  const body = new FormData();
+  body.append("file", file, file.name);
+  try {
+    await serviceReady;
+    const response = await api(`/video?${query}`, { method: "POST", body, signal: videoRequest.signal });
+    let summary = null;
+    for await (const event of ndjsonEvents(response)) {
+      if (event.event === "video") {
+        videoInfo = event.video;
+      } else if (event.event === "frame") {
+        videoFrames.push(event);
+        status.lastChild.textContent = ` Analysed ${event.time_s.toFixed(1)} s of the video…`;
+        drawVideoBoxes();
+      } else if (event.event === "summary") {
+        summary = event;
+      } else if (event.event === "error") {
+        throw new ApiError(`${ERROR_PREFIX[event.status] || "The analysis stopped"}: ${event.detail}.`);
+      }
+    }
+    showTimelines(summary);
+    status.className = "status ok";
+    status.textContent = `${summary.tracks.length === 1 ? "One person" : `${summary.tracks.length} people`} in ` +
+      `${summary.frames_sampled} frames analysed${summary.dominant ? `; mostly ${summary.dominant}` : ""}.`;
+    drawVideoBoxes();
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    status.className = "status error";
+    status.textContent = error.message;
+  }
+}
+
+// The answer's lines as they arrive, each parsed.
+async function* ndjsonEvents(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    const lines = (pending + value).split("\n");
+    pending = lines.pop();
+    for (const line of lines) if (line.trim()) yield JSON.parse(line);
+  }
+  if (pending.trim()) yield JSON.parse(pending);
+}
+
+// The last sampled frame at or before `time` (seconds), if it is within one sampling step.
+function frameAt(time) {
+  let low = 0, high = videoFrames.length - 1, found = null;
+  while (low <= high) {
+    const middle = (low + high) >> 1;
+    if (videoFrames[middle].time_s <= time + 1e-3) { found = videoFrames[middle]; low = middle + 1; } else high = middle - 1;
+  }
+  return found && time - found.time_s <= 1.5 / videoInfo.sampled_fps ? found : null;
+}
+
+function drawVideoBoxes() {
+  if (!videoInfo) return;
+  const frame = frameAt($("video-playback").currentTime);
+  drawBoxes($("video-boxes"), frame ? frame.faces : [], videoInfo.width, videoInfo.height,
+            (face) => `#${face.track_id} ${face.smoothed_label}`, trackColour);
+}
+
+function showTimelines(summary) {
+  const container = $("timelines");
+  container.replaceChildren();
+  if (!summary.tracks.length) {
+    container.appendChild(element("p", { class: "hint" }, "No face was found in the frames analysed."));
+    return;
+  }
+  const classes = Object.keys(summary.tracks[0].share);
+  const legend = element("p", { class: "legend", "aria-hidden": "true" });
+  classes.forEach((name, i) => legend.appendChild(element("span", { style: `--swatch:${CLASS_COLOURS[i]}` }, name)));
+  container.appendChild(legend);
+  const step = 1 / videoInfo.sampled_fps;
+  const end = videoFrames.length ? videoFrames[videoFrames.length - 1].time_s + step : step;
+  for (const track of summary.tracks) {
+    const block = element("section", { class: "timeline" });
+    const title = element("h3");
+    title.append(element("span", { class: "swatch", style: `background:${trackColour({ track_id: track.id })}`,
+                                   "aria-hidden": "true" }),
+                 `Person #${track.id}: mostly ${track.dominant} (${percent(track.share[track.dominant])} of ` +
+                 `${track.frames} frames, ${track.first_s.toFixed(1)}-${track.last_s.toFixed(1)} s)`);
+    const shares = classes.filter((name) => track.share[name] > 0)
+      .map((name) => `${name} ${percent(track.share[name])}`).join(", ");
+    const svg = svgElement("svg", { viewBox: "0 0 1000 36", preserveAspectRatio: "none", role: "img",
+                                    "aria-label": `Expression of person #${track.id} over time: ${shares}` });
+    for (const frame of videoFrames) {
+      const face = frame.faces.find((f) => f.track_id === track.id);
+      if (!face) continue;
+      const top = 36 * (1 - face.smoothed[face.smoothed_label]); // the bar's height: how sure the smoothed label is
+      svgElement("rect", { x: (frame.time_s / end) * 1000, y: top, width: (step / end) * 1000, height: 36 - top,
+                           fill: CLASS_COLOURS[classes.indexOf(face.smoothed_label)], class: "timeline-step" }, svg)
+        .appendChild(svgElement("title", {}, null, `${frame.time_s.toFixed(1)} s: ${face.smoothed_label} ` +
+                                                   `${percent(face.smoothed[face.smoothed_label])}`));
+    }
+    block.append(title, svg);
+    container.appendChild(block);
+  }
+}
+
+// Live: a camera frame posted to /predict a few times a second; each face's probabilities smoothed over time as
+// /video smooths a track's (an exponential moving average), faces matched from one frame to the next by overlap.
+let liveStream = null;
+let liveTimer = null;
+let liveFaces = []; // {box, smoothed, time}
+
+async function openLive() {
+  try {
+    liveStream = await navigator.mediaDevices.getUserMedia({ video: true });
+  } catch (error) {
+    $("video-status").className = "status error";
+    $("video-status").textContent = `The camera could not be opened: ${error.message || error.name}.`;
+    return;
+  }
+  $("live-video").srcObject = liveStream;
+  $("live").hidden = false;
+  liveFaces = [];
+  liveTimer = setInterval(postLiveFrame, LIVE_INTERVAL_MS);
+}
+
+function closeLive() {
+  clearInterval(liveTimer);
+  if (liveStream) liveStream.getTracks().forEach((track) => track.stop());
+  liveStream = null;
+  $("live").hidden = true;
+  $("live-open").focus();
+}
+
+let livePosting = false;
+
+async function postLiveFrame() {
+  const video = $("live-video");
+  if (livePosting || !video.videoWidth) return; // one frame at a time: a slow answer skips frames
+  livePosting = true;
+  try {
+    const canvas = element("canvas", { width: video.videoWidth, height: video.videoHeight });
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.9));
+    const body = new FormData();
+    body.append("files", blob, "camera.jpg");
+    const prediction = (await (await api("/predict?faces=detect", { method: "POST", body })).json()).predictions[0];
+    const now = performance.now() / 1000;
+    const tau = Number($("video-smoothing").value) || 0;
+    liveFaces = prediction.faces.map((face) => smoothedFace(face, now, tau));
+    drawBoxes($("live-boxes"), liveFaces, prediction.width, prediction.height,
+              (face) => `${face.label} ${percent(face.confidence)}`);
+    $("live-status").textContent = prediction.faces.length ? "" : "No face in view.";
+  } catch (error) {
+    $("live-status").textContent = error.message;
+  } finally {
+    livePosting = false;
+  }
+}
+
+function smoothedFace(face, now, tau) {
+  const overlap = (a, b) => {
+    const w = Math.min(a.x + a.width, b.x + b.width) - Math.max(a.x, b.x);
+    const h = Math.min(a.y + a.height, b.y + b.height) - Math.max(a.y, b.y);
+    const inter = Math.max(0, w) * Math.max(0, h);
+    return inter / (a.width * a.height + b.width * b.height - inter);
+  };
+  const previous = liveFaces.reduce((best, old) => (overlap(old.box, face.box) > (best ? overlap(best.box, face.box) : 0.2)
+    ? old : best), null);
+  const weight = previous && tau > 0 ? 1 - Math.exp(-(now - previous.time) / tau) : 1;
+  const smoothed = {};
+  for (const [name, p] of Object.entries(face.probabilities)) {
+    smoothed[name] = previous ? previous.smoothed[name] + weight * (p - previous.smoothed[name]) : p;
+  }
+  const label = Object.keys(smoothed).reduce((a, b) => (smoothed[b] > smoothed[a] ? b : a));
+  return { box: face.box, smoothed, time: now, label, confidence: smoothed[label] };
+}
+
 // --- filters -----------------------------------------------------------------------------------------
 
 const filterImages = new Map(); // request URL -> {src, caption}: shown again at once
@@ -507,6 +719,7 @@ document.addEventListener("DOMContentLoaded", () => {
   serviceReady = watchReadiness();
   setUpUploads();
   setUpCamera();
+  setUpVideo();
   setUpFilters();
   setUpTabs();
   fillTargetClasses().catch((error) => {
