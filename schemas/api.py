@@ -218,6 +218,8 @@ class VideoFace(Face):
     probabilities: dict[str, float]
     smoothed: dict[str, float] = Field(description="The track's exponential moving average up to this frame.")
     smoothed_label: str
+    saliency: list[list[float]] | None = Field(None, description="With `saliency=`: the map of the predicted class, "
+                                                                 "as /saliency gives it for this face.")
 
 
 class VideoFrameResult(BaseModel):

@@ -150,6 +150,7 @@ class TrackedFrame:
     track_ids: list[int]
     probabilities: np.ndarray  # faces x classes
     smoothed: np.ndarray
+    maps: np.ndarray | None = None  # faces x side x side saliency maps of the predicted class, when asked for
 
 
 @dataclass
@@ -396,7 +397,8 @@ class DataPlane:
             self.videos_in_flight -= 1
 
     async def video(self, source: VideoSource, query: VideoQuery, smoothing_s: float,
-                    connection: Connection | None = None, keep_frames: bool = False) -> AsyncIterator[VideoEvent]:
+                    connection: Connection | None = None, keep_frames: bool = False,
+                    saliency: SaliencyQuery | None = None) -> AsyncIterator[VideoEvent]:
         """A video's sampled frames, in order, each with its faces followed into tracks: first the VideoInfo, then a
         TrackedFrame per sampled frame, then VideoDone with each track's summary.
 
@@ -406,9 +408,16 @@ class DataPlane:
         request's. At most VIDEO_WINDOW batches of frames are read ahead of the one the caller is given, so a slow
         reader of the answer holds a bounded number of frames. Each face's probabilities are the ones /predict
         gives it on that frame. Admitted before the upload is read (Busy beyond FER_MAX_VIDEOS_IN_FLIGHT); a client
-        that disconnects stops the work (Cancelled); an error after the first frames comes after them."""
-        self.served()
-        with self._video_admitted():
+        that disconnects stops the work (Cancelled); an error after the first frames comes after them.
+
+        With `saliency`, each frame's faces also get a map of their predicted class, computed on the explanation
+        pool under one admission for the whole video (Busy at once when it is full, as /saliency) and within one
+        /saliency request's budget of forward passes over all its frames' faces."""
+        model = self.served()
+        if saliency is not None:
+            self.check_saliency_query(saliency)
+        with self._video_admitted(), \
+                (self.explanations.admitted() if saliency is not None else contextlib.nullcontext()) as ticket:
             started = time.perf_counter()
             filename, file = await source()
             reader = await run_in_threadpool(VideoReader, file, filename, query, self.video_limits())
@@ -419,7 +428,7 @@ class DataPlane:
             producer = asyncio.ensure_future(self._read_frames(reader, info, ahead, frames, keep_frames, decode_s))
             try:
                 yield info
-                tracker, smoother, tracks = FaceTracker(), Smoother(smoothing_s), {}
+                tracker, smoother, tracks, explained = FaceTracker(), Smoother(smoothing_s), {}, 0
                 while (item := await frames.get()) is not None:
                     if isinstance(item, BaseException):
                         raise item
@@ -432,9 +441,17 @@ class DataPlane:
                                          in zip(ids, probabilities)]) if ids else probabilities
                     for track_id, row, smooth in zip(ids, probabilities, smoothed):
                         tracks.setdefault(track_id, TrackTally()).add(frame.time, row, smooth)
+                    maps = None
+                    if saliency is not None and len(photo.crops):
+                        explained += len(photo.crops)
+                        check_saliency_cost(model, saliency.method, explained, self.settings.max_explanation_passes)
+                        maps, _, _ = await self.explanations.run(
+                            ticket, connection, model.saliency, photo.crops, saliency.method,
+                            torch.from_numpy(probabilities.argmax(1)), saliency.layer)
+                        maps = maps.numpy()
                     self.metrics.video_frames.labels("sampled").inc()
                     self._count("/video", len(photo.faces))
-                    yield TrackedFrame(frame, photo, ids, probabilities, smoothed)
+                    yield TrackedFrame(frame, photo, ids, probabilities, smoothed, maps)
                 self.metrics.video_frames.labels("decoded").inc(reader.decoded)
                 self.metrics.video_seconds.inc(reader.sampled / info.sampled_fps)
                 self.metrics.video_tracks.observe(len(tracks))

@@ -147,6 +147,24 @@ def test_formats(video_client, two_faces_clip):
     assert raw.status_code == 200 and raw.json()["video"]["filename"] == "raw.mp4"
 
 
+def test_saliency_track(video_client, two_faces_clip):
+    """saliency=gradcam: every face of every sampled frame gets /saliency's map for it; within /saliency's budget."""
+    body = post(video_client, two_faces_clip, saliency="gradcam", fps=2).json()
+    frame = body["frames"][1]
+    with av.open(io.BytesIO(two_faces_clip)) as container:
+        image = next(f.to_ndarray(format="rgb24") for f in container.decode(video=0) if round(f.time, 4) == frame["time_s"])
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    theirs = video_client.post("/saliency?method=gradcam&format=json",
+                               files=[("files", ("f.png", png.getvalue(), "image/png"))]).json()["images"][0]["faces"]
+    for mine, face in zip(sorted(frame["faces"], key=lambda f: f["box"]["x"]), sorted(theirs, key=lambda f: f["box"]["x"])):
+        assert mine["box"] == face["box"]
+        assert np.abs(np.array(mine["saliency"]) - np.array(face["saliency"])).max() <= 1e-4
+    assert post(video_client, two_faces_clip, saliency="gradcam", format="mp4", fps=2).status_code == 200
+    response = post(video_client, two_faces_clip, saliency="gradcam", format="csv")
+    assert response.status_code == 422 and "json, ndjson and mp4" in response.json()["detail"]
+
+
 def _wav() -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="wav") as output:
@@ -197,7 +215,8 @@ def test_bad_requests(video_client, two_faces_clip):
 
 
 def test_limits(model_dir, two_faces_clip):
-    with make_client(model_dir, max_video_seconds=1.5, max_video_frames=4, max_video_bytes=350_000) as client:
+    with make_client(model_dir, max_video_seconds=1.5, max_video_frames=4, max_video_bytes=350_000,
+                     max_explanation_passes=4) as client:
         response = post(client, two_faces_clip)  # 2 s declared
         assert response.status_code == 413 and "limit of 1.5 s" in response.json()["detail"]
         response = post(client, two_faces_clip, end=1.2)  # 1.2 s at 5/s: 6 frames
@@ -212,6 +231,12 @@ def test_limits(model_dir, two_faces_clip):
         lines = [json.loads(line) for line in post(client, stream, format="ndjson", fps=2).text.splitlines()]
         assert lines[-1]["event"] == "error" and lines[-1]["status"] == 413, lines[-1]
         assert "runs past the limit of 1.5 s" in lines[-1]["detail"]
+        # the saliency track's budget covers the whole video: spent after two frames of two faces, the stream says
+        # so after the frames it could do
+        lines = [json.loads(line) for line in post(client, two_faces_clip, format="ndjson", fps=2, end=1.2,
+                                                   saliency="gradcam").text.splitlines()]
+        assert [line["event"] for line in lines] == ["video", "frame", "frame", "error"], lines[-1]
+        assert "more than the budget of 4" in lines[-1]["detail"]
         plane = client.app.state.plane
         assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
 

@@ -27,10 +27,11 @@ from schemas.api import (
     VideoSummary,
     VideoTrack,
 )
-from service.dataplane import TrackedFrame, VideoDone
+from service.dataplane import SaliencyQuery, TrackedFrame, VideoDone
 from service.deps import Plane, ServedModel
 from service.errors import streamed_error
 from service.parameters import InvalidParameter
+from service.routers.explain import MethodName
 from service.routers.predict import ERRORS, face_fields
 from service.uploads import read_video
 from service.video import MAX_SOURCE_FPS, VideoQuery
@@ -68,7 +69,11 @@ async def video(request: Request, plane: Plane, model: ServedModel,
                 smoothing: float | None = Query(None, ge=0, le=60, description=(
                     "Time constant (s) of each track's exponential moving average; default FER_VIDEO_SMOOTHING_S; "
                     "0: none.")),
-                track: int | None = Query(None, ge=1, description="format=png: that track's timeline only.")):
+                track: int | None = Query(None, ge=1, description="format=png: that track's timeline only."),
+                saliency: MethodName | None = Query(None, description=(
+                    "A saliency map of each face's predicted class on every sampled frame (json and ndjson: per "
+                    "face; mp4: drawn in the boxes), within one /saliency request's budget over the whole video.")),
+                layer: str | None = Query(None, description="Grad-CAM's layer, with saliency=gradcam.")):
     """Faces of a video (multipart `file`, or the raw body as video/*) detected on frames sampled at `fps`, linked
     into tracks, each face's expression probabilities per frame (as /predict gives them on that frame) and smoothed
     over its track, with a summary per track."""
@@ -76,10 +81,15 @@ async def video(request: Request, plane: Plane, model: ServedModel,
         raise InvalidParameter(f"query parameter `end`: {end:g} s is not after start={start:g} s")
     if track is not None and format != "png":
         raise InvalidParameter("query parameter `track` applies to format=png only")
+    if saliency is not None and format in ("csv", "png"):
+        raise InvalidParameter(f"query parameter `saliency` applies to json, ndjson and mp4, not {format}")
+    if layer is not None and saliency is None:
+        raise InvalidParameter("query parameter `layer` applies with `saliency` only")
     closing = AsyncExitStack()
     smoothing_s = plane.settings.video_smoothing_s if smoothing is None else smoothing
     events = plane.video(lambda: read_video(request, closing), VideoQuery(fps, start, end), smoothing_s,
-                         connection=request, keep_frames=format == "mp4")
+                         connection=request, keep_frames=format == "mp4",
+                         saliency=SaliencyQuery(saliency, None, layer) if saliency is not None else None)
     try:
         info = VideoInfo(**vars(await anext(events)))  # what fails before anything is sent fails with its status
     except BaseException:
@@ -105,17 +115,20 @@ async def video(request: Request, plane: Plane, model: ServedModel,
     return VideoResponse(**head, frames=collected.frames, tracks=collected.tracks(), summary=collected.summary)
 
 
-def _face(face, track_id: int, probabilities: np.ndarray, smoothed: np.ndarray, classes: list[str]) -> VideoFace:
+def _face(face, track_id: int, probabilities: np.ndarray, smoothed: np.ndarray, saliency: np.ndarray | None,
+          classes: list[str]) -> VideoFace:
     raw, smooth = probabilities.tolist(), smoothed.tolist()
     index = int(np.argmax(probabilities))
     return VideoFace(**face_fields(face), track_id=track_id, label=classes[index], confidence=raw[index],
                      probabilities=dict(zip(classes, raw)), smoothed=dict(zip(classes, smooth)),
-                     smoothed_label=classes[int(np.argmax(smoothed))])
+                     smoothed_label=classes[int(np.argmax(smoothed))],
+                     saliency=saliency.round(4).tolist() if saliency is not None else None)
 
 
 def _frame(tracked: TrackedFrame, classes: list[str]) -> VideoFrameResult:
+    maps = tracked.maps if tracked.maps is not None else [None] * len(tracked.track_ids)
     faces = [_face(*item, classes) for item in zip(tracked.photo.faces, tracked.track_ids, tracked.probabilities,
-                                                     tracked.smoothed)]
+                                                     tracked.smoothed, maps)]
     return VideoFrameResult(index=tracked.frame.index, time_s=round(tracked.frame.time, 4), faces=faces,
                             faces_truncated=tracked.photo.truncated)
 
@@ -226,10 +239,11 @@ async def _mp4(events, info: VideoInfo, classes: list[str]) -> FileResponse:
                 continue
             captions = [(face.box, f"#{track_id} {classes[int(np.argmax(smooth))]} {smooth.max():.2f}")
                         for face, track_id, smooth in zip(event.photo.faces, event.track_ids, event.smoothed)]
-            image = event.photo.upright
+            image, maps = event.photo.upright, event.maps
             if writer is None:
                 writer = Mp4Writer(output, info.sampled_fps, image.shape[1], image.shape[0])
-            await run_in_threadpool(lambda: writer.write(annotate_frame(image, info.width, captions), event.frame.time))
+            await run_in_threadpool(lambda: writer.write(annotate_frame(image, info.width, captions, maps),
+                                                         event.frame.time))
         await run_in_threadpool(writer.close)
         output.close()
     except BaseException:
