@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 
 from bench import videos
+from service.dataplane import TrackedFrame
 from service.faces import iou
+from service.runtime.explain import Cancelled
+from service.video import VideoQuery
 from tests.conftest import make_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -239,6 +242,37 @@ def test_limits(model_dir, two_faces_clip):
         assert "more than the budget of 4" in lines[-1]["detail"]
         plane = client.app.state.plane
         assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
+
+
+def test_a_client_that_disconnects_stops_the_work(video_client, two_faces_clip):
+    """The plane asks the connection after each frame: once it has gone, no further frame is given, and every
+    decode slot and the video's place are given back."""
+    plane = video_client.app.state.plane
+
+    class LeavesAfterTwoFrames:
+        asked = 0
+
+        async def is_disconnected(self) -> bool:
+            self.asked += 1
+            return self.asked > 2
+
+    async def source():
+        return "clip.mp4", io.BytesIO(two_faces_clip)
+
+    async def watch() -> int:
+        frames = 0
+        events = plane.video(source, VideoQuery(), 1.0, connection=LeavesAfterTwoFrames())
+        try:
+            async for event in events:
+                frames += isinstance(event, TrackedFrame)
+        except Cancelled:
+            return frames
+        finally:
+            await events.aclose()
+        raise AssertionError("the video went on after its client had gone")
+
+    assert video_client.portal.call(watch) == 2
+    assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
 
 
 def test_video_metrics(video_client, two_faces_clip):
