@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
+import anyio
 import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from schemas.api import VideoInfo
 from service.admission import Busy, Draining, ExplanationPool
 from service.batching import DynamicBatcher
 from service.metrics import Metrics
@@ -39,7 +41,7 @@ from service.runtime.filters import FilterRequest, FilterResult
 from service.runtime.images import ImageError, declared_size, excerpt
 from service.settings import Settings
 from service.tracking import FaceTracker, Smoother, TrackTally
-from service.video import VideoFrame, VideoInfo, VideoLimits, VideoQuery, VideoReader
+from service.video import SampledFrame, VideoLimits, VideoQuery, VideoReader
 
 # Face crops taken whole (faces=none, or auto's crops) of at most this many pixels in all decode on the event loop:
 # in well under a millisecond, less than handing them to a worker thread and back costs (single-image /predict:
@@ -130,6 +132,18 @@ class Filtered:
 VIDEO_WINDOW = 2
 
 
+class HeldSlot:
+    """A decode slot a frame holds, given back once however many ways its work ends."""
+
+    def __init__(self, slots: asyncio.Semaphore):
+        self.slots, self.held = slots, True
+
+    def release(self, _=None) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+
 def iter_queue(queue: asyncio.Queue):
     """What is left in the queue, taken out."""
     while not queue.empty():
@@ -145,7 +159,7 @@ class TrackedFrame:
     """A sampled frame with its faces, each face's track and probabilities (raw, as classify gives them, and
     smoothed over its track)."""
 
-    frame: VideoFrame
+    frame: SampledFrame
     photo: Photo  # boxes in the upright frame's pixels as stored; `upright` kept when frames are asked for
     track_ids: list[int]
     probabilities: np.ndarray  # faces x classes
@@ -459,13 +473,16 @@ class DataPlane:
                                 {"decode": round(decode_s[0] * 1000, 3),
                                  "total": round((time.perf_counter() - started) * 1000, 3)})
             finally:
-                producer.cancel()
-                await asyncio.gather(producer, return_exceptions=True)  # its thread, if reading, finishes first
-                pending = [item for item in iter_queue(frames) if isinstance(item, asyncio.Future)]
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)  # each gives its decode slot back
-                await run_in_threadpool(reader.close)
+                # shielded: a streaming answer's client that leaves cancels this generator's task, and every await
+                # here would be cancelled again before the slots and the file were given back
+                with anyio.CancelScope(shield=True):
+                    producer.cancel()
+                    await asyncio.gather(producer, return_exceptions=True)  # its thread, if reading, finishes first
+                    pending = [item for item in iter_queue(frames) if isinstance(item, asyncio.Future)]
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)  # each gives its decode slot back
+                    await run_in_threadpool(reader.close)
 
     async def _read_frames(self, reader: VideoReader, info: VideoInfo, ahead: asyncio.Semaphore,
                            frames: asyncio.Queue, keep_frames: bool, decode_s: list[float]) -> None:
@@ -485,7 +502,10 @@ class DataPlane:
                     break
                 decode_s[0] += read[2]
                 self.metrics.video_decode_time.observe(read[2])
-                frames.put_nowait(asyncio.ensure_future(self._video_frame(*read[:2], keep_frames)))
+                slot = HeldSlot(self.decode_slots)
+                task = asyncio.ensure_future(self._video_frame(*read[:2], keep_frames, slot))
+                task.add_done_callback(slot.release)  # also when cancelled before it started
+                frames.put_nowait(task)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - the caller raises it after the frames read before it
@@ -502,14 +522,15 @@ class DataPlane:
         pending = prepare(frame.image, info.filename, (info.width, info.height), self.model.face_options)
         return frame, pending, time.perf_counter() - started
 
-    async def _video_frame(self, frame: VideoFrame, pending, keep_frames: bool):
-        """One frame's faces found (with other frames' and photos'), cut out and classified."""
+    async def _video_frame(self, frame: SampledFrame, pending, keep_frames: bool, slot: HeldSlot):
+        """One frame's faces found (with other frames' and photos'), cut out and classified; its decode slot given
+        back once its faces are cut out."""
         model = self.model
         try:
             found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
             photo = await run_in_threadpool(model.finish, pending, found, keep_frames)
         finally:
-            self.decode_slots.release()
+            slot.release()
         probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
         if len(photo.crops):
             probabilities = np.asarray((await self.batcher.submit(photo.crops)).outputs, dtype=np.float32)

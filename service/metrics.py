@@ -48,8 +48,8 @@ class Metrics:
                                     registry=r)
         self.video_seconds = Counter("fer_video_seconds", "Seconds of video analysed (sampled frames / sampled rate)",
                                      registry=r)
-        self.video_decode_time = Histogram("fer_video_decode_seconds", "Time to decode a sampled frame (and the "
-                                           "frames skipped before it)", buckets=LATENCY_BUCKETS, registry=r)
+        self.video_decode_time = Histogram("fer_video_decode_seconds", "Time to decode a sampled frame (with the "
+                                           "frames skipped before it) and ready it for detection", buckets=LATENCY_BUCKETS, registry=r)
         self.video_tracks = Histogram("fer_video_tracks", "Face tracks per analysed video",
                                       buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64), registry=r)
         self.backend_throughput = Gauge("fer_backend_images_per_second",

@@ -52,7 +52,7 @@ class Mp4Writer:
     def __init__(self, file: BinaryIO, fps: float, width: int, height: int):
         self.container = av.open(file, "w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        self.width, self.height = width - width % 2, height - height % 2
+        self.width, self.height = max(2, width - width % 2), max(2, height - height % 2)
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
         self.stream.options = {"preset": "veryfast", "crf": "23"}
         self.stream.codec_context.time_base = Fraction(1, 1000)

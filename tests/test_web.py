@@ -253,7 +253,9 @@ def test_filters_view_shows_progress_then_serves_from_cache(watched, tmp_path):
             .observe(status, {childList: true, subtree: true, characterData: true, attributes: true});
     }""")
     page.focus("#tab-predict")
-    page.keyboard.press("ArrowRight")  # the tabs work from the keyboard
+    page.keyboard.press("ArrowRight")  # the tabs work from the keyboard: Photos, Video, Filters
+    assert page.locator("#tab-video").get_attribute("aria-selected") == "true"
+    page.keyboard.press("ArrowRight")
     assert page.locator("#tab-filters").get_attribute("aria-selected") == "true"
     page.locator("#layer option").first.wait_for(state="attached", timeout=FILTERS_WAIT_MS)  # GET /filters answered
     layers = [option.get_attribute("value") for option in page.locator("#layer option").all()]

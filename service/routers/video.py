@@ -1,6 +1,7 @@
 """POST /video: every face of a video followed over time, as JSON, streamed NDJSON, CSV, an annotated MP4 or a
 timeline PNG. The data plane does the work (`DataPlane.video`); this module encodes its events."""
 
+import contextlib
 import csv
 import io
 import json
@@ -9,6 +10,7 @@ import os
 import tempfile
 from contextlib import AsyncExitStack
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -54,6 +56,7 @@ VIDEO_BODY = {
 MEDIA = {200: {"description": "JSON (format=json), or as `format` asks", "content": {
     "application/x-ndjson": {}, "text/csv": {}, "video/mp4": {}, "image/png": {}}}}
 MAX_TIMELINE_TRACKS = 16
+MAX_POSITION_S = 7 * 24 * 3600.0  # `start` and `end` beyond a week are no position in any video
 FORMAT_DESCRIPTION = ("json: the whole result; ndjson: a line per event (video, each frame as it is done, summary; "
                       "an error after the first line is the last line); csv: a row per track and frame; mp4: the "
                       "sampled frames annotated; png: each track's smoothed expressions over time.")
@@ -62,10 +65,12 @@ FORMAT_DESCRIPTION = ("json: the whole result; ndjson: a line per event (video, 
 @router.post("/video", response_model=VideoResponse, openapi_extra=VIDEO_BODY, responses={**ERRORS, **MEDIA})
 async def video(request: Request, plane: Plane, model: ServedModel,
                 format: VideoFormat = Query("json", description=FORMAT_DESCRIPTION),
-                fps: float = Query(5.0, gt=0, le=MAX_SOURCE_FPS, description="Frames analysed per second, at most "
-                                                                              "the video's own (then every frame)."),
-                start: float = Query(0.0, ge=0, description="Seconds from the video's start."),
-                end: float | None = Query(None, gt=0, description="Seconds from the video's start; default: its end."),
+                fps: float = Query(5.0, ge=0.05, le=MAX_SOURCE_FPS, description="Frames analysed per second, at "
+                                                                                 "most the video's own (then every "
+                                                                                 "frame)."),
+                start: float = Query(0.0, ge=0, le=MAX_POSITION_S, description="Seconds from the video's start."),
+                end: float | None = Query(None, gt=0, le=MAX_POSITION_S,
+                                          description="Seconds from the video's start; default: its end."),
                 smoothing: float | None = Query(None, ge=0, le=60, description=(
                     "Time constant (s) of each track's exponential moving average; default FER_VIDEO_SMOOTHING_S; "
                     "0: none.")),
@@ -91,10 +96,9 @@ async def video(request: Request, plane: Plane, model: ServedModel,
                          connection=request, keep_frames=format == "mp4",
                          saliency=SaliencyQuery(saliency, None, layer) if saliency is not None else None)
     try:
-        info = VideoInfo(**vars(await anext(events)))  # what fails before anything is sent fails with its status
+        info: VideoInfo = await anext(events)  # what fails before anything is sent fails with its status
     except BaseException:
-        await events.aclose()
-        await closing.aclose()
+        await _close(events, closing)
         raise
     head = {"model": model.info(), "video": info, "smoothing": Smoothing(time_constant_s=smoothing_s)}
     if format == "ndjson":
@@ -104,14 +108,12 @@ async def video(request: Request, plane: Plane, model: ServedModel,
             return await _mp4(events, info, model.classes)
         collected = await _collect(events, model.classes)
     finally:
-        await events.aclose()
-        await closing.aclose()
+        await _close(events, closing)
     if format == "csv":
         return Response(_csv(collected.frames, model.classes), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="video.csv"'})
     if format == "png":
-        return Response(await run_in_threadpool(_timelines, collected, track, info, model.classes),
-                        media_type="image/png")
+        return Response(await run_in_threadpool(_timelines, collected, track, model.classes), media_type="image/png")
     return VideoResponse(**head, frames=collected.frames, tracks=collected.tracks(), summary=collected.summary)
 
 
@@ -163,13 +165,18 @@ async def _ndjson(events, head: dict, classes: list[str], closing: AsyncExitStac
         status, message = known or (500, "internal error while analysing the video")
         yield line("error", {"status": status, "detail": message})
     finally:
+        await _close(events, closing)
+
+
+async def _close(events, closing: AsyncExitStack) -> None:
+    """The plane's work stopped and the upload's file closed, even when a client that left cancels the answer."""
+    with anyio.CancelScope(shield=True):
         await events.aclose()
         await closing.aclose()
 
 
 class Collected:
-    def __init__(self, classes: list[str]):
-        self.classes = classes
+    def __init__(self):
         self.frames: list[VideoFrameResult] = []
         self.observations: dict[int, list[TrackObservation]] = {}
         self.summary: VideoSummary | None = None
@@ -187,7 +194,7 @@ class Collected:
 
 
 async def _collect(events, classes: list[str]) -> Collected:
-    collected = Collected(classes)
+    collected = Collected()
     async for event in events:
         if isinstance(event, TrackedFrame):
             collected.add(_frame(event, classes))
@@ -211,7 +218,7 @@ def _csv(frames: list[VideoFrameResult], classes: list[str]) -> str:
     return out.getvalue()
 
 
-def _timelines(collected: Collected, track: int | None, info: VideoInfo, classes: list[str]) -> bytes:
+def _timelines(collected: Collected, track: int | None, classes: list[str]) -> bytes:
     observations = collected.observations
     if track is not None and track not in observations:
         raise InvalidParameter(f"query parameter `track`: no track {track} in this video (tracks: "
@@ -244,9 +251,12 @@ async def _mp4(events, info: VideoInfo, classes: list[str]) -> FileResponse:
                 writer = Mp4Writer(output, info.sampled_fps, image.shape[1], image.shape[0])
             await run_in_threadpool(lambda: writer.write(annotate_frame(image, info.width, captions, maps),
                                                          event.frame.time))
-        await run_in_threadpool(writer.close)
+        await run_in_threadpool(writer.close)  # a video yields a frame or an error, so there is a writer
         output.close()
     except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.container.close()
         output.close()
         os.unlink(output.name)
         raise

@@ -120,6 +120,7 @@ function selectTab(name, focus = false) {
     if (selected && focus) button.focus();
   }
   history.replaceState(null, "", `#${name}`);
+  if (name !== "video" && liveStream) closeLive(); // the camera is not left posting frames out of sight
   if (viewOpened[name]) viewOpened[name]();
 }
 
@@ -434,6 +435,7 @@ async function analyseVideo(file) {
         throw new ApiError(`${ERROR_PREFIX[event.status] || "The analysis stopped"}: ${event.detail}.`);
       }
     }
+    if (!summary) throw new ApiError("The answer ended before the analysis did. Please try again.");
     showTimelines(summary);
     status.className = "status ok";
     status.textContent = `${summary.tracks.length === 1 ? "One person" : `${summary.tracks.length} people`} in ` +
@@ -515,8 +517,9 @@ function showTimelines(summary) {
   }
 }
 
-// Live: a camera frame posted to /predict a few times a second; each face's probabilities smoothed over time as
-// /video smooths a track's (an exponential moving average), faces matched from one frame to the next by overlap.
+// Live: a camera frame posted to /predict a few times a second; each face's probabilities smoothed over time with
+// /video's exponential moving average, each face taking the previous frame's face it overlaps most (a simpler
+// match than /video's tracker, enough for the few faces of a webcam).
 let liveStream = null;
 let liveTimer = null;
 let liveFaces = []; // {box, smoothed, time}
