@@ -55,8 +55,25 @@ def error_response(request: Request, status: int, message: str, headers: dict | 
     return JSONResponse({error_key(request.url.path): message}, status_code=status, headers=headers)
 
 
-async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    return error_response(request, error.status_code, str(error.detail), getattr(error, "headers", None))
+def known_error(error: BaseException, protocol: bool = False) -> tuple[int, str, dict | None] | None:
+    """The status, message and headers the service answers `error` with (on the protocol's routes, `protocol`,
+    an invalid parameter is a 400); None for an error it does not know (a fault of the service)."""
+    if isinstance(error, StarletteHTTPException):
+        return error.status_code, str(error.detail), getattr(error, "headers", None)
+    if isinstance(error, InvalidParameter):
+        return 400 if protocol else error.status, str(error), None
+    if isinstance(error, (ImageError, ProtocolError)):
+        return error.status, str(error), None
+    if isinstance(error, NotReady):
+        return 503, str(error), {"Retry-After": "1"}
+    if isinstance(error, UNAVAILABLE):  # explanation slots full, work cancelled, the queue full, or draining
+        return 503, f"try again shortly: {error}", {"Retry-After": "1"}
+    return None
+
+
+async def known_error_response(request: Request, error: Exception) -> JSONResponse:
+    status, message, headers = known_error(error, protocol=error_key(request.url.path) == "error")
+    return error_response(request, status, message, headers)
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -65,54 +82,15 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     return error_response(request, status, validation_message(list(error.errors())))
 
 
-async def protocol_error(request: Request, error: ProtocolError) -> JSONResponse:
-    return error_response(request, error.status, str(error))
-
-
-async def invalid_parameter(request: Request, error: InvalidParameter) -> JSONResponse:
-    return error_response(request, 400 if error_key(request.url.path) == "error" else error.status, str(error))
-
-
-async def image_error(request: Request, error: ImageError) -> JSONResponse:
-    return error_response(request, error.status, str(error))
-
-
-async def not_ready(request: Request, error: NotReady) -> JSONResponse:
-    return error_response(request, 503, str(error), {"Retry-After": "1"})
-
-
-async def unavailable(request: Request, error: Exception) -> JSONResponse:
-    """Explanation slots full, work cancelled, the queue full or the service draining: retry shortly."""
-    return error_response(request, 503, f"try again shortly: {error}", {"Retry-After": "1"})
-
-
 UNAVAILABLE = (Busy, Draining, Cancelled, QueueFullError, ShuttingDownError)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Every error the service maps to a status, in one place."""
-    app.add_exception_handler(StarletteHTTPException, http_error)
+    """Every error the service maps to a status, in one place (`known_error`), answered as JSON; a streamed answer
+    whose status is sent says the same in its last line."""
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ProtocolError, protocol_error)
-    app.add_exception_handler(InvalidParameter, invalid_parameter)
-    app.add_exception_handler(ImageError, image_error)
-    app.add_exception_handler(NotReady, not_ready)
-    for error in UNAVAILABLE:
-        app.add_exception_handler(error, unavailable)
-
-
-def streamed_error(error: BaseException) -> tuple[int, str] | None:
-    """The status and message the handlers above answer `error` with, for an answer already streaming (its status
-    sent): what its last line says. None for an error no handler knows (a fault of the service)."""
-    if isinstance(error, StarletteHTTPException):
-        return error.status_code, str(error.detail)
-    if isinstance(error, (ImageError, InvalidParameter, ProtocolError)):
-        return error.status, str(error)
-    if isinstance(error, NotReady):
-        return 503, str(error)
-    if isinstance(error, UNAVAILABLE):
-        return 503, f"try again shortly: {error}"
-    return None
+    for error in (StarletteHTTPException, ProtocolError, InvalidParameter, ImageError, NotReady, *UNAVAILABLE):
+        app.add_exception_handler(error, known_error_response)
 
 
 def install_openapi(app: FastAPI, keys_required: bool, metrics_open: bool) -> None:

@@ -31,7 +31,7 @@ from schemas.api import (
 )
 from service.dataplane import SaliencyQuery, TrackedFrame, VideoDone
 from service.deps import Plane, ServedModel
-from service.errors import streamed_error
+from service.errors import known_error
 from service.parameters import InvalidParameter
 from service.routers.explain import MethodName
 from service.routers.predict import ERRORS, face_fields
@@ -159,10 +159,10 @@ async def _ndjson(events, head: dict, classes: list[str], closing: AsyncExitStac
             elif isinstance(event, VideoDone):
                 yield line("summary", _summary(event, classes))
     except Exception as error:  # the status is sent: the answer's last line says what went wrong
-        known = streamed_error(error)
+        known = known_error(error)
         if known is None:
             logger.exception("video analysis failed")
-        status, message = known or (500, "internal error while analysing the video")
+        status, message, _ = known or (500, "internal error while analysing the video", None)
         yield line("error", {"status": status, "detail": message})
     finally:
         await _close(events, closing)
