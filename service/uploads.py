@@ -96,6 +96,9 @@ async def read_video(request: Request, closing: AsyncExitStack) -> tuple[str, Bi
             return request.headers.get("x-filename", "video"), spool
     except ClientDisconnect:
         raise HTTPException(400, "the client disconnected before the request body was complete") from None
+    except OSError as error:  # the temporary directory is full: not the client's fault
+        raise HTTPException(503, f"no room to store the upload now ({error.strerror or error}): try again shortly",
+                            headers={"Retry-After": "5"}) from None
     raise HTTPException(415, f"unsupported content type {excerpt(content_type) or '(none)'!r}: send the video as "
                              "multipart/form-data with a `file` field, or as the body with a video/* type")
 

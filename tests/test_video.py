@@ -2,6 +2,7 @@
 
 import io
 import json
+import tempfile
 import threading
 import time
 
@@ -226,6 +227,16 @@ def test_bad_requests(video_client, two_faces_clip):
     assert response.status_code == 400 and "empty body" in response.json()["detail"]
     response = video_client.post("/video", files={"files": ("clip.mp4", two_faces_clip, "video/mp4")})
     assert response.status_code == 400 and "`file`" in response.json()["detail"]
+
+
+def test_a_full_temporary_directory_is_a_503(video_client, two_faces_clip, monkeypatch):
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "write", full)
+    response = video_client.post("/video", content=two_faces_clip, headers={"content-type": "video/mp4"})
+    assert response.status_code == 503 and "no room to store the upload" in response.json()["detail"]
+    assert response.headers["retry-after"] == "5"
 
 
 def test_limits(model_dir, two_faces_clip):
