@@ -2,11 +2,13 @@
 
 import io
 import json
+import socket
 import tempfile
 import threading
 import time
 
 import av
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +19,7 @@ from service.faces import iou
 from service.runtime.explain import Cancelled
 from service.video import VideoQuery
 from tests.conftest import make_client
+from tests.servers import running_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -295,6 +298,36 @@ def test_a_client_that_disconnects_stops_the_work(video_client, two_faces_clip):
 
     assert video_client.portal.call(watch) == 2
     assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
+
+
+def test_a_streaming_client_that_leaves_gives_its_place_back(model_dir, two_faces_clip, tmp_path):
+    """On the real server (one video at a time): a client reads the first NDJSON lines of a long clip and hangs up;
+    the video's place and decode slots come back, so the next video and a photo are answered."""
+    clip = videos.encode(videos.two_faces(8.0), 8.0)
+    with running_server(model_dir, tmp_path / "server.log", {"FER_MAX_VIDEOS_IN_FLIGHT": "1"}) as server:
+        boundary = "clipboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"long.mp4\"\r\n"
+                f"Content-Type: video/mp4\r\n\r\n").encode() + clip + f"\r\n--{boundary}--\r\n".encode()
+        with socket.create_connection(("127.0.0.1", server["port"])) as connection:
+            connection.sendall(f"POST /video?format=ndjson HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+                               f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode() + body)
+            received = b""
+            while received.count(b'"event":"frame"') < 2:
+                chunk = connection.recv(65536)
+                assert chunk, received[-500:]
+                received += chunk
+        deadline = time.monotonic() + 30
+        while True:  # the next video: 503 while the first one still holds its place
+            response = httpx.post(f"{server['base']}/video?fps=2", files={"file": ("c.mp4", two_faces_clip)},
+                                  timeout=60)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert response.status_code == 200, response.text
+        photo = io.BytesIO()
+        Image.fromarray(next(videos.frames(videos.two_faces(), 0.1, 10))[1]).save(photo, format="PNG")
+        answer = httpx.post(f"{server['base']}/predict", files={"files": ("f.png", photo.getvalue())}, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["predictions"][0]["faces"]) == 2
 
 
 def test_video_metrics(video_client, two_faces_clip):

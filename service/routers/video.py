@@ -102,7 +102,8 @@ async def video(request: Request, plane: Plane, model: ServedModel,
         raise
     head = {"model": model.info(), "video": info, "smoothing": Smoothing(time_constant_s=smoothing_s)}
     if format == "ndjson":
-        return StreamingResponse(_ndjson(events, head, model.classes, closing), media_type="application/x-ndjson")
+        return ClosingStream(_ndjson(events, head, model.classes), lambda: _close(events, closing),
+                             media_type="application/x-ndjson")
     try:
         if format == "mp4":
             return await _mp4(events, info, model.classes)
@@ -146,7 +147,24 @@ def _summary(done: VideoDone, classes: list[str]) -> VideoSummary:
                         dominant=classes[int(np.argmax(counts))] if counts.sum() else None, timing_ms=done.timing_ms)
 
 
-async def _ndjson(events, head: dict, classes: list[str], closing: AsyncExitStack):
+class ClosingStream(StreamingResponse):
+    """A streamed answer whose work and upload are released however it ends: finished, failed, or its client gone
+    (even before its first line, when Starlette never starts, and never closes, the body's iterator)."""
+
+    def __init__(self, content, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+                await self.release()
+
+
+async def _ndjson(events, head: dict, classes: list[str]):
     def line(event: str, body) -> bytes:
         fields = body.model_dump(mode="json") if hasattr(body, "model_dump") else body
         return (json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n").encode()
@@ -164,8 +182,6 @@ async def _ndjson(events, head: dict, classes: list[str], closing: AsyncExitStac
             logger.exception("video analysis failed")
         status, message, _ = known or (500, "internal error while analysing the video", None)
         yield line("error", {"status": status, "detail": message})
-    finally:
-        await _close(events, closing)
 
 
 async def _close(events, closing: AsyncExitStack) -> None:
