@@ -10,7 +10,6 @@ from fractions import Fraction
 
 import av
 import numpy as np
-
 from PIL import Image
 
 from bench.photos import PORTRAITS, _rgb

@@ -2,13 +2,13 @@
 
 `FaceTracker` links each frame's detected faces to tracks by IoU with where each track is expected to be, solved as
 one assignment (Hungarian, scipy's `linear_sum_assignment`, as SORT and ByteTrack do). A track's expected box is its
-last box moved by its velocity (pixels per second, an average over its recent steps), so a face hidden for a moment
+last box moved by its velocity (pixels per second, a running average of its steps), so a face hidden for a moment
 by another that crosses it is found again where it comes out rather than starting a new track; a track unseen for
 `max_lost_s` ends. (Roboflow's `trackers` 2.6, where supervision's ByteTrack now lives, was tried first: it gives a
 face no id in the frame where it first appears, whatever `minimum_consecutive_frames` says, so every track would
 lose its first frame; it also requires opencv-python, which would replace the headless OpenCV served here.)
 
-`smooth` is an exponential moving average per track with a time constant: after a gap of dt seconds the new
+`Smoother` keeps an exponential moving average per track with a time constant: after a gap of dt seconds the new
 frame's probabilities weigh 1 - exp(-dt / tau), so the smoothing does not depend on the sampling rate.
 """
 
