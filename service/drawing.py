@@ -86,25 +86,40 @@ def annotate(photo, maps_and_labels: list[tuple[np.ndarray, str]], size: tuple[i
     """The photo (RGB) drawn at `size` (width, height) with each face's map blended inside its box, the box drawn
     and its label written."""
     upright = photo.upright if photo.upright.ndim == 3 else np.repeat(photo.upright[..., None], 3, axis=2)
-    side = max(size)
     canvas = np.asarray(Image.fromarray(upright).resize(size, Image.BILINEAR), dtype=np.float32)
     to_canvas = size[0] / photo.width  # upload pixels to canvas pixels
     boxes = []
     for face, (values, _) in zip(photo.faces, maps_and_labels):
-        x0, y0 = round(face.box[0] * to_canvas), round(face.box[1] * to_canvas)
-        w, h = max(1, round(face.box[2] * to_canvas)), max(1, round(face.box[3] * to_canvas))
-        heat = heatmap(np.asarray(Image.fromarray(values.astype(np.float32)).resize((w, h), Image.BILINEAR)))
-        top, left = max(0, y0), max(0, x0)  # boxes may reach past the image's edges
-        bottom, right = min(size[1], y0 + h), min(size[0], x0 + w)
-        if bottom > top and right > left:
-            region = canvas[top:bottom, left:right]
-            canvas[top:bottom, left:right] = region * (1 - alpha) + heat[top - y0:bottom - y0, left - x0:right - x0] * alpha
-        boxes.append((x0, y0, x0 + w - 1, y0 + h - 1))
-    drawn = Image.fromarray(canvas.astype(np.uint8))
+        box = (round(face.box[0] * to_canvas), round(face.box[1] * to_canvas),
+               max(1, round(face.box[2] * to_canvas)), max(1, round(face.box[3] * to_canvas)))
+        blend_map(canvas, values, box, alpha)
+        boxes.append(box)
+    captions = [label for _, label in maps_and_labels]
+    return draw_boxes(canvas.astype(np.uint8), boxes, captions, max(1, max(size) // 256),
+                      photo.reason or "no face")
+
+
+def blend_map(canvas: np.ndarray, values: np.ndarray, box: tuple[int, int, int, int], alpha: float) -> None:
+    """A map (any size, values in [0, 1]) drawn as a heat map into the float RGB `canvas` inside `box` (x, y,
+    width, height in canvas pixels), `alpha` of it over the picture; a box may reach past the canvas's edges."""
+    x0, y0, w, h = box
+    heat = heatmap(np.asarray(Image.fromarray(values.astype(np.float32)).resize((w, h), Image.BILINEAR)))
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(canvas.shape[0], y0 + h), min(canvas.shape[1], x0 + w)
+    if bottom > top and right > left:
+        region = canvas[top:bottom, left:right]
+        canvas[top:bottom, left:right] = region * (1 - alpha) + heat[top - y0:bottom - y0, left - x0:right - x0] * alpha
+
+
+def draw_boxes(image: np.ndarray, boxes: list[tuple[int, int, int, int]], captions: list[str], line: int,
+               empty: str | None = None) -> np.ndarray:
+    """The RGB image with each box (x, y, width, height) outlined and its caption written above it (inside it at
+    the top edge); `empty` written in the corner when there is no box."""
+    drawn = Image.fromarray(image)
     pen = ImageDraw.Draw(drawn)
-    for box, (_, label) in zip(boxes, maps_and_labels):
-        pen.rectangle(box, outline=BOX_COLOUR, width=max(1, side // 256))
-        pen.text((box[0] + 3, max(0, box[1] - 12) if box[1] >= 12 else box[1] + 2), label, fill=BOX_COLOUR)
-    if not boxes:
-        pen.text((4, 4), photo.reason or "no face", fill=BOX_COLOUR)
+    for (x, y, w, h), caption in zip(boxes, captions):
+        pen.rectangle((x, y, x + w - 1, y + h - 1), outline=BOX_COLOUR, width=line)
+        pen.text((x + 3, y - 12 if y >= 12 else y + 2), caption, fill=BOX_COLOUR)
+    if not boxes and empty is not None:
+        pen.text((4, 4), empty, fill=BOX_COLOUR)
     return np.asarray(drawn)

@@ -9,9 +9,8 @@ import av
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw
 
-from service.drawing import BOX_COLOUR, heatmap
+from service.drawing import blend_map, draw_boxes
 
 # a colour per expression, the same in every timeline
 CLASS_COLOURS = matplotlib.colormaps["tab10"].colors
@@ -22,27 +21,16 @@ def annotate_frame(image: np.ndarray, stored_width: int, faces: list[tuple[tuple
     """The frame (RGB) with each face's box (in the stored frame's pixels) and its caption drawn, and its saliency
     map blended inside the box when there are `maps`."""
     scale = image.shape[1] / stored_width
-    boxes = [(round(x * scale), round(y * scale), round((x + width) * scale) - 1, round((y + height) * scale) - 1)
-             for (x, y, width, height), _ in faces]
+    boxes = []
+    for (x, y, width, height), _ in faces:
+        left, top = round(x * scale), round(y * scale)
+        boxes.append((left, top, round((x + width) * scale) - left, round((y + height) * scale) - top))
     if maps is not None:
-        image = image.astype(np.float32)
-        for (left, top, right, bottom), values in zip(boxes, maps):
-            width, height = right - left + 1, bottom - top + 1
-            heat = heatmap(np.asarray(Image.fromarray(values.astype(np.float32)).resize((width, height),
-                                                                                      Image.BILINEAR)))
-            y0, x0 = max(0, top), max(0, left)  # boxes may reach past the frame's edges
-            y1, x1 = min(image.shape[0], bottom + 1), min(image.shape[1], right + 1)
-            if y1 > y0 and x1 > x0:
-                region = image[y0:y1, x0:x1]
-                image[y0:y1, x0:x1] = region * (1 - alpha) + heat[y0 - top:y1 - top, x0 - left:x1 - left] * alpha
-        image = image.astype(np.uint8)
-    drawn = Image.fromarray(image)
-    pen = ImageDraw.Draw(drawn)
-    line = max(1, round(max(image.shape[:2]) / 320))
-    for box, (_, caption) in zip(boxes, faces):
-        pen.rectangle(box, outline=BOX_COLOUR, width=line)
-        pen.text((box[0] + 3, box[1] - 12 if box[1] >= 12 else box[1] + 2), caption, fill=BOX_COLOUR)
-    return np.asarray(drawn)
+        canvas = image.astype(np.float32)
+        for box, values in zip(boxes, maps):
+            blend_map(canvas, values, box, alpha)
+        image = canvas.astype(np.uint8)
+    return draw_boxes(image, boxes, [caption for _, caption in faces], max(1, round(max(image.shape[:2]) / 320)))
 
 
 class Mp4Writer:
