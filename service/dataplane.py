@@ -35,7 +35,7 @@ from service.parameters import (
     checked_filter_request,
     parse_target,
 )
-from service.photos import Photo, prepare
+from service.photos import Pending, Photo, prepare
 from service.runtime.explain import METHODS, Cancelled
 from service.runtime.filters import FilterRequest, FilterResult
 from service.runtime.images import ImageError, declared_size, excerpt
@@ -286,9 +286,14 @@ class DataPlane:
         photo waits for its slot on the event loop, where waiting holds no thread."""
         model = self.model
         async with self.decode_slots:
-            pending = await run_in_threadpool(model.decode, name, data, "detect", keep_upright)
-            found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
-            return await run_in_threadpool(model.finish, pending, found, keep_upright)
+            return await self._detected(await run_in_threadpool(model.decode, name, data, "detect", keep_upright),
+                                        keep_upright)
+
+    async def _detected(self, pending: Pending, keep_upright: bool) -> Photo:
+        """A decoded photo's (or video frame's) faces found by the detection batcher with other photos', and cut out
+        on a worker thread."""
+        found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
+        return await run_in_threadpool(self.model.finish, pending, found, keep_upright)
 
     def _decodes_inline(self, images: Images, sizes: list[tuple[int, int] | None] | None) -> bool:
         """Small face crops taken whole (faces=none, or auto's crops), whose headers declare few pixels in all."""
@@ -305,15 +310,19 @@ class DataPlane:
     async def classify(self, images: Images, endpoint: str) -> Classified:
         """Probabilities for every face, through the dynamic batcher with every other request's faces (a full
         queue or a draining batcher raises)."""
-        model = self.served()
+        self.served()
         uploaded = await self.decode(images)
-        probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
-        queue_ms = inference_ms = 0.0
-        if len(uploaded.crops):
-            result = await self.batcher.submit(uploaded.crops)
-            probabilities, queue_ms, inference_ms = result.outputs, result.queue_s * 1000, result.run_s * 1000
+        probabilities, queue_ms, inference_ms = await self._classified(uploaded.crops)
         self._count(endpoint, len(uploaded.crops))
-        return Classified(uploaded, np.asarray(probabilities, dtype=np.float32), queue_ms, inference_ms)
+        return Classified(uploaded, probabilities, queue_ms, inference_ms)
+
+    async def _classified(self, crops: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """float32 probabilities N x classes of face crops through the classifier's batcher (none for no crops), and
+        the ms they queued and ran."""
+        if not len(crops):
+            return np.zeros((0, len(self.model.classes)), dtype=np.float32), 0.0, 0.0
+        result = await self.batcher.submit(crops)
+        return np.asarray(result.outputs, dtype=np.float32), result.queue_s * 1000, result.run_s * 1000
 
     def check_saliency_query(self, query: SaliencyQuery) -> int | None:
         """The target's index; raises InvalidParameter for a method, target or layer the model cannot take."""
@@ -355,9 +364,8 @@ class DataPlane:
             started = time.perf_counter()
             side = model.explainer.model.image_size
             maps, targets = np.zeros((0, side, side), dtype=np.float32), []
-            probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
+            probabilities = (await self._classified(uploaded.crops))[0]
             if len(uploaded.crops):
-                probabilities = np.asarray((await self.batcher.submit(uploaded.crops)).outputs, np.float32)
                 targets = torch.from_numpy(probabilities.argmax(1)) if target is None \
                     else torch.full((len(uploaded.crops),), target)
                 maps, targets, _ = await self.explanations.run(
@@ -522,16 +530,11 @@ class DataPlane:
         pending = prepare(frame.image, info.filename, (info.width, info.height), self.model.face_options)
         return frame, pending, time.perf_counter() - started
 
-    async def _video_frame(self, frame: SampledFrame, pending, keep_frames: bool, slot: HeldSlot):
+    async def _video_frame(self, frame: SampledFrame, pending: Pending, keep_frames: bool, slot: HeldSlot):
         """One frame's faces found (with other frames' and photos'), cut out and classified; its decode slot given
         back once its faces are cut out."""
-        model = self.model
         try:
-            found = (await self.detection.submit(pending.detection_image[None], pending.key)).outputs[0]
-            photo = await run_in_threadpool(model.finish, pending, found, keep_frames)
+            photo = await self._detected(pending, keep_frames)
         finally:
             slot.release()
-        probabilities = np.zeros((0, len(model.classes)), dtype=np.float32)
-        if len(photo.crops):
-            probabilities = np.asarray((await self.batcher.submit(photo.crops)).outputs, dtype=np.float32)
-        return frame, photo, probabilities
+        return frame, photo, (await self._classified(photo.crops))[0]
