@@ -71,7 +71,7 @@ class VideoReader:
             self._peeked = self._decode()
             if self._peeked is None:
                 raise VideoError(f"{self.name}: no video frame could be decoded", status=422)
-            self._size = self._check_size(self._peeked)
+            self._size = self._check_size(self._peeked.width, self._peeked.height)  # a header may say 0x0, or lie
         except BaseException:
             self.container.close()
             raise
@@ -88,9 +88,7 @@ class VideoReader:
         if context is None:
             raise VideoError(f"{self.name}: its video codec cannot be decoded here", status=415)
         stream.thread_type = "AUTO"
-        if context.width * context.height > self.limits.max_source_pixels:  # before anything is decoded
-            raise VideoError(f"{self.name}: frames of {context.width}x{context.height} pixels exceed the limit of "
-                             f"{self.limits.max_source_pixels} pixels per frame", status=413)
+        self._check_size(context.width, context.height)  # before anything is decoded
         rate = stream.average_rate or stream.guessed_rate
         source_fps = float(rate) if rate else None
         if source_fps is not None and source_fps > MAX_SOURCE_FPS:
@@ -115,12 +113,12 @@ class VideoReader:
                          source_fps=source_fps, duration_s=duration, rotation=0, sampled_fps=sampled_fps,
                          start_s=query.start, end_s=query.end)
 
-    def _check_size(self, frame: av.VideoFrame) -> tuple[int, int]:
-        """The stored frame size, as decoded (a header may say 0x0, or lie)."""
-        if frame.width * frame.height > self.limits.max_source_pixels:
-            raise VideoError(f"{self.name}: frames of {frame.width}x{frame.height} pixels exceed the limit of "
+    def _check_size(self, width: int, height: int) -> tuple[int, int]:
+        """The stored frame size, refused (413) over the limit."""
+        if width * height > self.limits.max_source_pixels:
+            raise VideoError(f"{self.name}: frames of {width}x{height} pixels exceed the limit of "
                              f"{self.limits.max_source_pixels} pixels per frame", status=413)
-        return frame.width, frame.height
+        return width, height
 
     def _seek(self) -> None:
         if self.query.start > 0 and self.stream.time_base:
