@@ -15,7 +15,7 @@ from schemas.api import ArchitectureRow, ExplanationMethod, ModelInfo, ModelRepo
 from schemas.manifest import Manifest
 from service.runtime.images import decode_image, decode_photo
 from service.metrics import Metrics
-from service.runtime.backends import Backend, load_backend, resolve_device, resolve_precision
+from service.runtime.backends import Backend, load_backend, resolve_device, serving_precision
 from service.runtime.explain import METHODS, Explainer
 from service.faces import DetectedFace, Detector, make_detector
 from service.runtime.filters import FilterRequest, FilterResult, FilterStore, compute_filters
@@ -49,7 +49,7 @@ class FerModel:
         """Verify the artifacts, load the backend and the explainer, warm both up."""
         self.manifest = load_manifest(self.model_dir)
         device = resolve_device(self.settings.device)
-        self.precision = resolve_precision(self.settings.precision, device, self.manifest, self.settings.backend)
+        self.precision = serving_precision(self.settings.precision, device, self.manifest, self.settings.backend)
         self.backend, self.backend_throughput = load_backend(self.model_dir, self.manifest, self.settings.backend,
                                                              device, self.precision, self.settings.max_batch_size)
         for name, images_per_second in self.backend_throughput.items():

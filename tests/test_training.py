@@ -283,23 +283,23 @@ def test_export_from_weights_without_data_makes_the_int8_model_that_was_measured
 
 def test_precision_auto_serves_int8_only_where_the_export_allows_it(model_dir):
     from schemas.manifest import QuantizationInfo
-    from service.runtime.backends import resolve_precision
+    from service.runtime.backends import serving_precision
 
     manifest = load_manifest(model_dir)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu, manifest, "auto") == "fp32"  # no int8 model at all
+    assert serving_precision("auto", cpu, manifest, "auto") == "fp32"  # no int8 model at all
     measured = dict(split="val", samples=100, calibration_images=64, tta="flip", accuracy_fp32=0.7, accuracy_int8=0.699)
     with_int8 = manifest.model_copy(deep=True)
     with_int8.artifacts["onnx_int8"] = manifest.artifacts["onnx"]
     with_int8.quantization = QuantizationInfo(**measured, servable=True)
-    assert resolve_precision("auto", cpu, with_int8, "auto") == "int8"
-    assert resolve_precision("auto", cpu, with_int8, "onnx") == "int8"
-    assert resolve_precision("auto", cpu, with_int8, "torchscript") == "fp32"  # it cannot serve int8
-    assert resolve_precision("auto", cuda, with_int8, "auto") == "fp32"
-    assert resolve_precision("fp32", cpu, with_int8, "auto") == "fp32"
+    assert serving_precision("auto", cpu, with_int8, "auto") == "int8"
+    assert serving_precision("auto", cpu, with_int8, "onnx") == "int8"
+    assert serving_precision("auto", cpu, with_int8, "torchscript") == "fp32"  # it cannot serve int8
+    assert serving_precision("auto", cuda, with_int8, "auto") == "fp32"
+    assert serving_precision("fp32", cpu, with_int8, "auto") == "fp32"
     with_int8.quantization = QuantizationInfo(**measured)  # too far from fp32, or measured before `servable` existed
-    assert resolve_precision("auto", cpu, with_int8, "auto") == "fp32"
-    assert resolve_precision("int8", cpu, with_int8, "auto") == "int8"  # asked for: served
+    assert serving_precision("auto", cpu, with_int8, "auto") == "fp32"
+    assert serving_precision("int8", cpu, with_int8, "auto") == "int8"  # asked for: served
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "tampered", "no card"])
@@ -413,11 +413,11 @@ def test_precision_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: False)
-    assert train_module.resolve_precision("auto", cpu) == "fp32"
-    assert train_module.resolve_precision("bf16", cpu) == "bf16"  # an explicit choice wins
+    assert train_module.training_precision("auto", cpu) == "fp32"
+    assert train_module.training_precision("bf16", cpu) == "bf16"  # an explicit choice wins
     monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda: True)
-    assert train_module.resolve_precision("auto", cpu) == "bf16"
-    assert train_module.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert train_module.training_precision("auto", cpu) == "bf16"
+    assert train_module.training_precision("auto", torch.device("cuda")) == "bf16"
     # the bf16 path itself runs on this CPU (emulated where it lacks the instructions) and is recorded
     out = tmp_path / "bf16"
     assert training_main(["train", "--out", str(out), "--data", "synthetic:140", "--epochs", "1", "--image-size",

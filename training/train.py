@@ -112,7 +112,7 @@ def setup_device(choice: str) -> tuple[torch.device, int, int]:
     return torch.device("cpu"), rank, world_size
 
 
-def resolve_precision(choice: str, device: torch.device) -> str:
+def training_precision(choice: str, device: torch.device) -> str:
     """`auto`: bf16 on CUDA and on CPUs with bf16 instructions, fp32 elsewhere."""
     if choice != "auto":
         return choice
@@ -325,7 +325,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, st
 def resolve_config(config: TrainingConfig, device: torch.device, world_size: int,
                    parent: ParentWeights | None) -> TrainingConfig:
     """The config as it runs here: `auto` choices resolved, and where it runs recorded."""
-    precision = resolve_precision(config.precision, device)
+    precision = training_precision(config.precision, device)
     return config.model_copy(update={
         "device": device.type, "precision": precision, "channels_last": precision == "bf16" or device.type == "cuda",
         "world_size": world_size, "machine": describe_machine(device), "parent": parent})

@@ -116,7 +116,7 @@ BACKENDS: dict[str, Callable[[Path, Manifest, torch.device, str], Backend]] = {
     "torchscript": _torchscript, "onnx": _onnx}
 
 
-def resolve_precision(choice: str, device: torch.device, manifest: Manifest, backend: str) -> str:
+def serving_precision(choice: str, device: torch.device, manifest: Manifest, backend: str) -> str:
     """The precision to serve: `auto` is int8 on the CPU where the export marked the int8 model servable (within 0.3
     points of fp32 with the served TTA) and the backend can serve it (onnx, or auto, with onnxruntime installed),
     else fp32 (always on CUDA); any other choice is taken as it is."""
