@@ -205,3 +205,26 @@ def test_a_batch_finds_what_each_photo_alone_finds(detector):
     assert [len(faces) for faces in together] == [len(faces) for faces in alone] and len(together[0]) >= 1
     for mine, theirs in zip(together, alone):  # (OpenCV's cascades list a photo's faces in no fixed order)
         assert sorted((face.box, face.score) for face in mine) == sorted((face.box, face.score) for face in theirs)
+
+
+def test_mtcnn_cuts_each_candidate_by_an_area_resize_of_its_box(astronaut):
+    """The next network's input for each candidate, cut in one pass over all of them, is OpenCV's area resize of
+    the box from the source it is cut from: the image for boxes under 1.5 network sides in the half image, the half
+    image for larger ones, nothing for a box wholly outside the image."""
+    import torch
+
+    detector = MtcnnDetector()
+    image = astronaut
+    half = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
+    sources = [image[None], half[None]]
+    # (x1, y1, x2, y2, score), 1-based inclusive: small (from the image), large (from the half), past the border
+    boxes = torch.tensor([[177.0, 66.0, 236.0, 125.0, 0.9], [101.0, 21.0, 300.0, 220.0, 0.9],
+                          [-20.0, 480.0, 30.0, 530.0, 0.9], [600.0, 600.0, 640.0, 640.0, 0.9]])
+    cuts = detector._cut(sources, boxes, torch.zeros(4, dtype=torch.long), 24)
+    as_uint8 = (cuts.permute(0, 2, 3, 1) / 0.0078125 + 127.5).round().numpy().astype(np.uint8)
+    expected = [cv2.resize(image[65:125, 176:236], (24, 24), interpolation=cv2.INTER_AREA),
+                cv2.resize(half[10:110, 50:150], (24, 24), interpolation=cv2.INTER_AREA),
+                cv2.resize(image[479:512, 0:30], (24, 24), interpolation=cv2.INTER_AREA),
+                np.zeros((24, 24, 3), np.uint8)]
+    for cut, wanted in zip(as_uint8, expected):
+        np.testing.assert_array_equal(cut, wanted)
