@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ def main() -> None:
                         help="what a user gets, in one run: face crops under the defaults (faces=auto, the manifest's "
                              "TTA) against faces=none with the mean batch of each load, 640x480 photos of 1 and 4 "
                              "people at c=8, and the served artifact's own ceiling")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --defaults: rounds of the crop loads, faces=auto and none in turn first")
     parser.add_argument("--before", type=Path,
                         help="with --defaults: also run the photo loads against the checkout in this directory "
                              "(e.g. `git worktree add DIR COMMIT`), for a before/after in the same run")
@@ -176,22 +179,29 @@ def defaults(args) -> None:
     with serving(args.model, env) as (url, _):
         served = httpx.get(f"{url}/model", timeout=10).json()["model"]
         print(f"serving: backend {served['backend']}, precision {served.get('precision')}, tta {served['tta']}")
+        # auto and none alternate, in turn first, round after round: one load after the other drifted by more
+        # than the 10 % the two are to be within (the first load of a fresh server was the slower)
         for images, concurrency in COMPARE_SHAPES:
-            for faces in ("auto", "none"):
-                before = mean_batch(url)
-                row = {"server": f"faces={faces}", "endpoint": "/predict", "images": images, "load": f"c={concurrency}",
-                       **load(f"{url}/predict?faces={faces}", args.duration, images=images, concurrency=concurrency)}
-                after = mean_batch(url)
-                row["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-                results[faces, images] = row
-                print_row(row)
-                print(f"{'':>14} mean batch {row['mean_batch']:.1f} images per forward pass")
+            for turn in range(args.rounds):
+                for faces in ("auto", "none") if turn % 2 == 0 else ("none", "auto"):
+                    before = mean_batch(url)
+                    row = {"server": f"faces={faces}", "endpoint": "/predict", "images": images,
+                           "load": f"c={concurrency}",
+                           **load(f"{url}/predict?faces={faces}", args.duration, images=images, concurrency=concurrency)}
+                    after = mean_batch(url)
+                    row["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+                    results.setdefault((faces, images), []).append(row)
+                    print_row(row)
+                    print(f"{'':>14} mean batch {row['mean_batch']:.1f} images per forward pass")
         photo_rows = photo_loads(url, "this checkout", args.duration)
     for images, concurrency in COMPARE_SHAPES:
-        ratio = results["auto", images]["images_per_s"] / results["none", images]["images_per_s"]
-        print(f"{images} image(s)/request at c={concurrency}: defaults / faces=none = {ratio:.2f}x")
+        ratios = [auto["images_per_s"] / none["images_per_s"]
+                  for auto, none in zip(results["auto", images], results["none", images])]
+        print(f"{images} image(s)/request at c={concurrency}: defaults / faces=none = "
+              f"{statistics.median(ratios):.2f}x (median of {len(ratios)} rounds: "
+              f"{', '.join(f'{ratio:.2f}' for ratio in ratios)})")
     if args.before:
-        with serving(args.model, env, root=args.before) as (url, _):
+        with serving(args.model.resolve(), env, root=args.before) as (url, _):  # the model from its own cwd
             before_rows = photo_loads(url, f"before ({args.before.name})", args.duration)
         for faces in (1, 4):
             ratio = photo_rows[faces]["images_per_s"] / before_rows[faces]["images_per_s"]

@@ -88,8 +88,9 @@ async def read_video(request: Request, closing: AsyncExitStack) -> tuple[str, Bi
             return upload.filename or "video", upload.file
         if content_type.startswith(VIDEO_TYPES):
             spool = closing.enter_context(tempfile.SpooledTemporaryFile(SPOOL_BYTES))
+            upload = UploadFile(spool)  # writes on a worker thread once the spool is on disk, as multipart's do
             async for chunk in request.stream():
-                spool.write(chunk)
+                await upload.write(chunk)
             if not spool.tell():
                 raise HTTPException(400, "empty body: send the video file as the body")
             spool.seek(0)

@@ -1,5 +1,6 @@
 """POST /video: tracks on clips encoded here with known faces, every format, the bounds and bad input."""
 
+import asyncio
 import io
 import json
 import socket
@@ -152,6 +153,32 @@ def test_formats(video_client, two_faces_clip):
     raw = video_client.post("/video", content=two_faces_clip, headers={"content-type": "video/mp4",
                                                                          "x-filename": "raw.mp4"})
     assert raw.status_code == 200 and raw.json()["video"]["filename"] == "raw.mp4"
+
+
+def test_a_raw_body_past_the_memory_spool_is_read_back_from_disk(video_client, two_faces_clip, monkeypatch):
+    """A raw body larger than the in-memory spool goes on to disk, written off the event loop, and the video read
+    back from there is the one sent."""
+    from service import uploads
+
+    monkeypatch.setattr(uploads, "SPOOL_BYTES", 4096)
+    assert len(two_faces_clip) > 4 * 4096
+    to_disk_on_the_loop = []  # for each write to a spool already on disk: made on the event loop's thread?
+    write = tempfile.SpooledTemporaryFile.write
+
+    def spy(self, data):
+        if self._rolled:
+            try:
+                asyncio.get_running_loop()
+                to_disk_on_the_loop.append(True)
+            except RuntimeError:  # a worker thread has no running loop
+                to_disk_on_the_loop.append(False)
+        return write(self, data)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "write", spy)
+    raw = video_client.post("/video", content=two_faces_clip, headers={"content-type": "video/mp4"})
+    assert raw.status_code == 200
+    assert raw.json()["frames"] == post(video_client, two_faces_clip).json()["frames"]
+    assert to_disk_on_the_loop and not any(to_disk_on_the_loop)
 
 
 def test_saliency_track(video_client, two_faces_clip):
