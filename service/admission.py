@@ -1,4 +1,4 @@
-"""Admission control for explanation work (saliency maps, uncached filter visualisations).
+"""Admission control for explanation work (saliency maps, uncached filter visualisations) and videos.
 
 Explanations run on an executor of their own, so they never take the threads that decode /predict's images.
 At most `workers` run and `max_waiting` wait; a request beyond that is answered 503 before its images are
@@ -21,11 +21,11 @@ T = TypeVar("T")
 
 
 class Busy(RuntimeError):
-    """Every explanation slot is taken; the client should retry later."""
+    """Every place of a kind of work is taken; the client should retry later."""
 
 
 class Draining(RuntimeError):
-    """The service is shutting down and takes no new explanation work."""
+    """The service is shutting down and takes no new work."""
 
 
 class Ticket:
@@ -35,27 +35,36 @@ class Ticket:
         self.cancel = threading.Event()
 
 
-class ExplanationPool:
-    def __init__(self, workers: int, max_waiting: int, draining: threading.Event, poll_s: float = 0.25):
-        self.capacity = workers + max_waiting
-        self.poll_s = poll_s
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain")
-        self._tickets: set[Ticket] = set()
+class Admission:
+    """At most `capacity` requests of one kind at once (`what` names them in the refusal): a place for one for as
+    long as a block runs, or Busy / Draining at once. The plane's one admission rule, for explanations and videos."""
+
+    def __init__(self, capacity: int, what: str, draining: threading.Event):
+        self.capacity, self.what = capacity, what
+        self.tickets: set[Ticket] = set()
         self._draining = draining  # set by the server the moment SIGTERM arrives
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[Ticket]:
-        """A place for one request for as long as the block runs, or Busy / Draining at once."""
         if self._draining.is_set():
             raise Draining("the service is shutting down")
-        if len(self._tickets) >= self.capacity:
-            raise Busy(f"{len(self._tickets)} explanation requests are running or waiting (limit {self.capacity})")
+        if len(self.tickets) >= self.capacity:
+            raise Busy(f"{len(self.tickets)} {self.what} (limit {self.capacity})")
         ticket = Ticket()
-        self._tickets.add(ticket)
+        self.tickets.add(ticket)
         try:
             yield ticket
         finally:
-            self._tickets.discard(ticket)
+            self.tickets.discard(ticket)
+
+
+class ExplanationPool:
+    def __init__(self, workers: int, max_waiting: int, draining: threading.Event, poll_s: float = 0.25):
+        self.admission = Admission(workers + max_waiting, "explanation requests are running or waiting", draining)
+        self.admitted = self.admission.admitted
+        self.poll_s = poll_s
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain")
+        self._draining = draining
 
     async def run(self, ticket: Ticket, request: Request | None, work: Callable[..., T], *args) -> T:
         """`work(*args, cancel=ticket.cancel)` on the pool; cancelled when `request`'s client disconnects.
@@ -88,7 +97,7 @@ class ExplanationPool:
     def drain(self) -> None:
         """Refuse new work, cancel queued and running work (it stops at its next forward pass)."""
         self._draining.set()
-        for ticket in list(self._tickets):
+        for ticket in list(self.admission.tickets):
             ticket.cancel.set()
 
     def close(self) -> None:

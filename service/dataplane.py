@@ -24,7 +24,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from schemas.api import VideoInfo
-from service.admission import Busy, Draining, ExplanationPool
+from service.admission import Admission, ExplanationPool
 from service.batching import DynamicBatcher
 from service.metrics import Metrics
 from service.model import FerModel
@@ -188,7 +188,7 @@ class DataPlane:
         self.detection: DynamicBatcher | None = None
         self.explanations: ExplanationPool | None = None
         self.decode_slots: asyncio.Semaphore | None = None
-        self.videos_in_flight = 0
+        self.videos: Admission | None = None
 
     # --- life and readiness ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -207,6 +207,7 @@ class DataPlane:
         self.detection.start()
         self.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)
         self.explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, self.draining)
+        self.videos = Admission(settings.max_videos_in_flight, "videos are being analysed", self.draining)
         self.model = model
 
     async def close(self) -> None:
@@ -405,19 +406,6 @@ class DataPlane:
         return VideoLimits(settings.max_video_seconds, settings.max_video_frames, settings.max_video_pixels,
                            settings.max_image_pixels)
 
-    @contextlib.contextmanager
-    def _video_admitted(self):
-        """A place for one video for as long as the block runs, or Busy / Draining at once."""
-        if self.draining.is_set():
-            raise Draining("the service is shutting down")
-        if self.videos_in_flight >= self.settings.max_videos_in_flight:
-            raise Busy(f"{self.videos_in_flight} videos are being analysed (limit {self.settings.max_videos_in_flight})")
-        self.videos_in_flight += 1
-        try:
-            yield
-        finally:
-            self.videos_in_flight -= 1
-
     async def video(self, source: VideoSource, query: VideoQuery, smoothing_s: float,
                     connection: Connection | None = None, keep_frames: bool = False,
                     saliency: SaliencyQuery | None = None) -> AsyncIterator[VideoEvent]:
@@ -438,7 +426,7 @@ class DataPlane:
         model = self.served()
         if saliency is not None:
             self.check_saliency_query(saliency)
-        with self._video_admitted(), \
+        with self.videos.admitted(), \
                 (self.explanations.admitted() if saliency is not None else contextlib.nullcontext()) as ticket:
             started = time.perf_counter()
             filename, file = await source()

@@ -29,7 +29,7 @@ def test_a_full_pool_answers_503_before_decoding(one_slot):
     with ThreadPoolExecutor(max_workers=1) as pool:
         running = pool.submit(one_slot.post, "/saliency?method=smoothgrad&format=json", files=slow)
         deadline = time.monotonic() + 30
-        while one_slot.app.state.plane.explanations._tickets == set() and time.monotonic() < deadline:
+        while not one_slot.app.state.plane.explanations.admission.tickets and time.monotonic() < deadline:
             time.sleep(0.01)
         started = time.perf_counter()
         refused = one_slot.post("/saliency", files=upload(b"not an image at all"))  # never decoded

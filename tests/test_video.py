@@ -293,7 +293,7 @@ def test_limits(model_dir, two_faces_clip):
         assert [line["event"] for line in lines] == ["video", "frame", "frame", "error"], lines[-1]
         assert "more than the budget of 4" in lines[-1]["detail"]
         plane = client.app.state.plane
-        assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
+        assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and not plane.videos.tickets
 
 
 def test_a_client_that_disconnects_stops_the_work(video_client, two_faces_clip):
@@ -324,7 +324,7 @@ def test_a_client_that_disconnects_stops_the_work(video_client, two_faces_clip):
         raise AssertionError("the video went on after its client had gone")
 
     assert video_client.portal.call(watch) == 2
-    assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and plane.videos_in_flight == 0
+    assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and not plane.videos.tickets
 
 
 def test_a_streaming_client_that_leaves_gives_its_place_back(model_dir, two_faces_clip, tmp_path):
