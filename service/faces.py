@@ -314,11 +314,19 @@ def make_detector(name: str) -> Detector:
 
 
 def iou(a: Box, b: Box) -> float:
-    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(0, width) * max(0, height)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union else 0.0
+    return float(iou_matrix(np.array([a]), np.array([b]))[0, 0])
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in `a` (N x 4, x y w h) with every box in `b` (M x 4); 0 where both are empty."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    a, b = a[:, None, :].astype(np.float64), b[None, :, :].astype(np.float64)
+    width = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = width * height
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def detection_copy(rgb: np.ndarray, max_detect_side: int) -> tuple[np.ndarray, float]:

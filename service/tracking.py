@@ -18,18 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-Box = tuple[int, int, int, int]  # x, y, width, height
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in `a` (N x 4, x y w h) with every box in `b` (M x 4)."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    a, b = a[:, None, :].astype(np.float64), b[None, :, :].astype(np.float64)
-    width = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    height = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = width * height
-    return inter / (a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter)
+from service.faces import Box, iou_matrix
 
 
 @dataclass
