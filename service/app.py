@@ -14,7 +14,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.routers import explain, health, model, predict, v2, video
 from service.security import ApiKeys, require_api_key
 from service.settings import Settings, get_settings
-from service.uploads import BodySizeLimitMiddleware
+from service.uploads import BodySizeLimitMiddleware, RefusedBodyDrainMiddleware
 from service.web import add_web_page
 
 logger = logging.getLogger("service")
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        path_limits={"/video": settings.max_video_bytes})
+    app.add_middleware(RefusedBodyDrainMiddleware)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"],

@@ -5,6 +5,7 @@ import tempfile
 from contextlib import AsyncExitStack
 from typing import BinaryIO
 
+import anyio
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -138,3 +139,42 @@ class BodySizeLimitMiddleware:
 
         await self.app(scope, limited_receive, send)
 
+
+
+class RefusedBodyDrainMiddleware:
+    """An error answered before its request's body has all arrived (a video refused at admission, before its upload
+    is read) is sent once the rest of the body is read and dropped, up to `max_bytes` and `max_s`: a server that
+    answers and closes while the body is still coming makes the client's kernel reset the connection, and the
+    client then often sees the reset instead of the answer. Bodies declared larger than that are not waited for."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = 8 * 1024 * 1024, max_s: float = 5.0):
+        self.app, self.max_bytes, self.max_s = app, max_bytes, max_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        state = {"received": 0, "complete": False}
+
+        async def tracked_receive():
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                state["complete"] = True
+            state["received"] += len(message.get("body", b""))
+            return message
+
+        async def draining_send(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400 and not state["complete"]:
+                await self._drain(declared, state, tracked_receive)
+            await send(message)
+
+        await self.app(scope, tracked_receive, draining_send)
+
+    async def _drain(self, declared: bytes, state: dict, receive: Receive) -> None:
+        if declared.isdigit() and (len(declared) > 18 or int(declared) - state["received"] > self.max_bytes):
+            return
+        started = state["received"]
+        with anyio.move_on_after(self.max_s):
+            while not state["complete"] and state["received"] - started <= self.max_bytes:
+                await receive()
