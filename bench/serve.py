@@ -90,7 +90,7 @@ def main() -> None:
                         help="what a user gets, in one run: face crops under the defaults (faces=auto, the manifest's "
                              "TTA) against faces=none with the mean batch of each load, 640x480 photos of 1 and 4 "
                              "people at c=8, and the served artifact's own ceiling")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=lambda text: max(1, int(text)), default=3,
                         help="with --defaults: rounds of the crop loads, faces=auto and none in turn first")
     parser.add_argument("--before", type=Path,
                         help="with --defaults: also run the photo loads against the checkout in this directory "

@@ -2,8 +2,9 @@
 
 Explanations run on an executor of their own, so they never take the threads that decode /predict's images.
 At most `workers` run and `max_waiting` wait; a request beyond that is answered 503 before its images are
-decoded. Each admitted request gets a cancellation event, set when its client disconnects or the service
-starts draining: work that has not started is dropped, and running work stops at its next forward pass.
+decoded. Each admitted explanation request gets a cancellation event, set when its client disconnects or the
+service starts draining: work that has not started is dropped, and running work stops at its next forward pass.
+Videos are admitted by the same rule (`Admission`), FER_MAX_VIDEOS_IN_FLIGHT at once.
 """
 
 import asyncio
@@ -37,7 +38,8 @@ class Ticket:
 
 class Admission:
     """At most `capacity` requests of one kind at once (`what` names them in the refusal): a place for one for as
-    long as a block runs, or Busy / Draining at once. The plane's one admission rule, for explanations and videos."""
+    long as a block runs, or Busy / Draining at once. The plane's one admission rule, for explanations and videos;
+    only the explanation pool cancels its tickets (a video stops when its client leaves)."""
 
     def __init__(self, capacity: int, what: str, draining: threading.Event):
         self.capacity, self.what = capacity, what
@@ -49,7 +51,7 @@ class Admission:
         if self._draining.is_set():
             raise Draining("the service is shutting down")
         if len(self.tickets) >= self.capacity:
-            raise Busy(f"{len(self.tickets)} {self.what} (limit {self.capacity})")
+            raise Busy(f"too many {self.what} at once (limit {self.capacity})")
         ticket = Ticket()
         self.tickets.add(ticket)
         try:
@@ -60,7 +62,7 @@ class Admission:
 
 class ExplanationPool:
     def __init__(self, workers: int, max_waiting: int, draining: threading.Event, poll_s: float = 0.25):
-        self.admission = Admission(workers + max_waiting, "explanation requests are running or waiting", draining)
+        self.admission = Admission(workers + max_waiting, "explanation requests running or waiting", draining)
         self.admitted = self.admission.admitted
         self.poll_s = poll_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain")

@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_web_page(app)
     install_error_handlers(app)
     install_openapi(app, keys_required=api_keys.enabled, metrics_open=not settings.metrics_require_key)
-    # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key.
+    # Outermost last: metrics see every answer, CORS headers go on errors too and preflights need no key; a
+    # refused body is drained outside the size limit, reading the raw body (the limit's 413 is not drained).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
                        path_limits={"/video": settings.max_video_bytes})
     app.add_middleware(RefusedBodyDrainMiddleware)

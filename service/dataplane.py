@@ -207,7 +207,7 @@ class DataPlane:
         self.detection.start()
         self.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)
         self.explanations = ExplanationPool(settings.explain_workers, settings.explain_queue, self.draining)
-        self.videos = Admission(settings.max_videos_in_flight, "videos are being analysed", self.draining)
+        self.videos = Admission(settings.max_videos_in_flight, "videos being analysed", self.draining)
         self.model = model
 
     async def close(self) -> None:

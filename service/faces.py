@@ -256,7 +256,7 @@ class MtcnnDetector:
         x1 = np.maximum(x0 + 1, np.round(rights * sx).astype(int))
         empty = (bottoms < tops) | (rights < lefts)
         cuts = np.zeros((len(boxes), side, side, 3), dtype=np.uint8)
-        for cut, source, owner, top, bottom, left, right, skip in zip(
+        for cut, source, owner, top, bottom, left, right, skip in zip(  # slice bounds in the source's pixels
                 cuts, chosen.tolist(), owners.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(),
                 empty.tolist()):
             if not skip:
@@ -314,6 +314,7 @@ def make_detector(name: str) -> Detector:
 
 
 def iou(a: Box, b: Box) -> float:
+    """The IoU of two boxes (x y w h): `iou_matrix` of one box each."""
     return float(iou_matrix(np.array([a]), np.array([b]))[0, 0])
 
 
@@ -322,9 +323,10 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
     a, b = a[:, None, :].astype(np.float64), b[None, :, :].astype(np.float64)
-    width = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    height = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = width * height
+    right, bottom = np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]), np.minimum(a[..., 1] + a[..., 3],
+                                                                                         b[..., 1] + b[..., 3])
+    inter = np.clip(right - np.maximum(a[..., 0], b[..., 0]), 0, None) * np.clip(
+        bottom - np.maximum(a[..., 1], b[..., 1]), 0, None)
     union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
@@ -347,11 +349,13 @@ def select_faces(found: list[DetectedFace], scale: float, min_face: int = 48, ma
     found = [_rescale(face, 1 / scale) for face in found]
     found = [face for face in found if face.box[2] >= min_face and face.box[3] >= min_face and face.score >= min_score]
     found.sort(key=lambda face: (face.score, face.box[2] * face.box[3]), reverse=True)
-    kept: list[DetectedFace] = []
-    for face in found:  # greedy non-maximum suppression, best first
-        if all(iou(face.box, other.box) <= nms_iou for other in kept):
-            kept.append(face)
-    return kept[:max_faces], len(kept) > max_faces
+    overlap = iou_matrix(np.array([face.box for face in found]).reshape(-1, 4),
+                         np.array([face.box for face in found]).reshape(-1, 4))
+    kept: list[int] = []
+    for index in range(len(found)):  # greedy non-maximum suppression, best first
+        if all(overlap[index, other] <= nms_iou for other in kept):
+            kept.append(index)
+    return [found[index] for index in kept[:max_faces]], len(kept) > max_faces
 
 
 def min_detection_size(min_face: int, scale: float) -> int:

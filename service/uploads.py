@@ -89,7 +89,7 @@ async def read_video(request: Request, closing: AsyncExitStack) -> tuple[str, Bi
             return upload.filename or "video", upload.file
         if content_type.startswith(VIDEO_TYPES):
             spool = closing.enter_context(tempfile.SpooledTemporaryFile(SPOOL_BYTES))
-            upload = UploadFile(spool)  # writes on a worker thread once the spool is on disk, as multipart's do
+            upload = UploadFile(spool)  # the write that rolls it to disk, and each after, on a worker thread
             async for chunk in request.stream():
                 await upload.write(chunk)
             if not spool.tell():
@@ -140,12 +140,13 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-
 class RefusedBodyDrainMiddleware:
     """An error answered before its request's body has all arrived (a video refused at admission, before its upload
     is read) is sent once the rest of the body is read and dropped, up to `max_bytes` and `max_s`: a server that
     answers and closes while the body is still coming makes the client's kernel reset the connection, and the
-    client then often sees the reset instead of the answer. Bodies declared larger than that are not waited for."""
+    client then often sees the reset instead of the answer. Not waited for: bodies declared larger than that, a
+    413 (refused for its size), and a client that waits for `100 Continue` before sending its body and has not been
+    asked for it (reading would ask)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int = 8 * 1024 * 1024, max_s: float = 5.0):
         self.app, self.max_bytes, self.max_s = app, max_bytes, max_s
@@ -154,10 +155,13 @@ class RefusedBodyDrainMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        state = {"received": 0, "complete": False}
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        waits_to_be_asked = headers.get(b"expect", b"").lower() == b"100-continue"
+        state = {"received": 0, "asked": False, "complete": False}
 
         async def tracked_receive():
+            state["asked"] = True
             message = await receive()
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 state["complete"] = True
@@ -165,7 +169,8 @@ class RefusedBodyDrainMiddleware:
             return message
 
         async def draining_send(message):
-            if message["type"] == "http.response.start" and message["status"] >= 400 and not state["complete"]:
+            if message["type"] == "http.response.start" and message["status"] >= 400 and message["status"] != 413 \
+                    and not state["complete"] and not (waits_to_be_asked and not state["asked"]):
                 await self._drain(declared, state, tracked_receive)
             await send(message)
 

@@ -35,7 +35,7 @@ def test_a_full_pool_answers_503_before_decoding(one_slot):
         refused = one_slot.post("/saliency", files=upload(b"not an image at all"))  # never decoded
         waited = time.perf_counter() - started
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
-        assert "explanation requests are running or waiting" in refused.json()["detail"] and waited < 2
+        assert "too many explanation requests running or waiting" in refused.json()["detail"] and waited < 2
         assert one_slot.get("/filters/layer4.1.conv2?filters=0-1&steps=7").status_code == 503  # uncached: same slots
         assert running.result().status_code == 200
     assert one_slot.post("/predict", files=upload(face_bytes("sad"))).status_code == 200

@@ -213,6 +213,7 @@ def test_mtcnn_cuts_each_candidate_by_an_area_resize_of_its_box(astronaut):
     image for larger ones, nothing for a box wholly outside the image."""
     import torch
 
+    pytest.importorskip("facenet_pytorch", reason="MTCNN's networks come with facenet-pytorch")
     detector = MtcnnDetector()
     image = astronaut
     half = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)

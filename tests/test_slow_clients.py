@@ -1,7 +1,9 @@
 """Slow and stuck clients against the real server (`python -m service`) on 127.0.0.1, with real sockets: they
 are cut off at the header or body deadline, and however many there are, a normal request is still answered;
-the server never runs out of descriptors and its log stays short."""
+the server never runs out of descriptors and its log stays short. And a client still sending its body when it is
+refused gets the refusal (RefusedBodyDrainMiddleware, driven as ASGI)."""
 
+import asyncio
 import logging
 import os
 import resource
@@ -142,3 +144,54 @@ def test_a_flood_of_accept_failures_logs_one_line_a_minute():
         flood.removeHandler(handler)
     assert [record.getMessage().split("\n")[0] for record in records] == [
         "socket.accept() out of system resource", "something else"]
+
+
+def refused_early(chunks: list[bytes], declared: int | None = None, status: int = 503,
+                  headers: list[tuple[bytes, bytes]] = ()) -> list[tuple[str, object]]:
+    """An app that answers `status` without reading the body, behind RefusedBodyDrainMiddleware (a bound of
+    1,000 bytes): in order, what the server side received of the body and what it sent."""
+    from service.uploads import RefusedBodyDrainMiddleware
+
+    events = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"refused"})
+
+    async def receive():
+        if not chunks:
+            events.append(("received", "disconnect"))
+            return {"type": "http.disconnect"}
+        chunk = chunks.pop(0)
+        events.append(("received", len(chunk)))
+        return {"type": "http.request", "body": chunk, "more_body": chunk != b""}
+
+    async def send(message):
+        events.append(("sent", message.get("status", message["type"])))
+
+    length = [(b"content-length", str(declared).encode())] if declared is not None else []
+    asyncio.run(RefusedBodyDrainMiddleware(app, max_bytes=1000)(
+        {"type": "http", "method": "POST", "path": "/video", "headers": length + list(headers)}, receive, send))
+    return events
+
+
+ANSWER = [("sent", 503), ("sent", "http.response.body")]
+
+
+def test_a_body_refused_before_it_is_read_is_read_to_its_end_first():
+    """A client still sending its body when the answer comes gets the answer, not a reset: the rest of the body is
+    read first, whether its length was declared or not, until the client hangs up or the bound is reached."""
+    assert refused_early([b"x" * 100] * 3 + [b""], declared=300) == [("received", 100)] * 3 + [("received", 0)] + ANSWER
+    assert refused_early([b"x" * 100] * 2 + [b""]) == [("received", 100)] * 2 + [("received", 0)] + ANSWER
+    assert refused_early([b"x" * 100]) == [("received", 100), ("received", "disconnect")] + ANSWER
+    # past the bound (1,000 bytes) the answer goes without the rest
+    assert refused_early([b"x" * 400] * 10) == [("received", 400)] * 3 + ANSWER
+
+
+def test_what_the_drain_does_not_wait_for():
+    """A body declared over the bound, a 413 (refused for its size), an answer that is not an error (the app reads
+    its own body), and a client that waits for `100 Continue` (reading the body would ask it to send it)."""
+    assert refused_early([b"x" * 100] * 50, declared=5000) == ANSWER
+    assert refused_early([b"x" * 100] * 3, declared=300, status=413) == [("sent", 413), ("sent", "http.response.body")]
+    assert refused_early([b"x" * 100] * 3, declared=300, status=200) == [("sent", 200), ("sent", "http.response.body")]
+    assert refused_early([b"x" * 100] * 3, declared=300, headers=[(b"expect", b"100-continue")]) == ANSWER
