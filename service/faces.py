@@ -349,8 +349,8 @@ def select_faces(found: list[DetectedFace], scale: float, min_face: int = 48, ma
     found = [_rescale(face, 1 / scale) for face in found]
     found = [face for face in found if face.box[2] >= min_face and face.box[3] >= min_face and face.score >= min_score]
     found.sort(key=lambda face: (face.score, face.box[2] * face.box[3]), reverse=True)
-    overlap = iou_matrix(np.array([face.box for face in found]).reshape(-1, 4),
-                         np.array([face.box for face in found]).reshape(-1, 4))
+    boxes = np.array([face.box for face in found]).reshape(-1, 4)
+    overlap = iou_matrix(boxes, boxes)
     kept: list[int] = []
     for index in range(len(found)):  # greedy non-maximum suppression, best first
         if all(overlap[index, other] <= nms_iou for other in kept):

@@ -28,4 +28,3 @@ def test_the_uvicorn_internals_the_guarded_protocol_uses_are_there():
         assert isinstance(protocol.connections, set) and protocol.loop is loop
     finally:
         loop.close()
-
