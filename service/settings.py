@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: int8 on the CPU where the export marked the quantized ONNX model servable (within "
-                            "0.3 points of fp32 with the served TTA), else fp32; fp16: TorchScript on CUDA; int8: the "
+                            "0.3 points of fp32 with the served TTA) and the CPU has VNNI (without it onnxruntime's "
+                            "int8 saturates), else fp32; fp16: TorchScript on CUDA; int8: the "
                             "ONNX model quantized at export (--int8).")
     host: str = "0.0.0.0"
     port: int = 8000
