@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from schemas.labels import CLASSES
 from schemas.manifest import Manifest, TrainingConfig
 from service.runtime.architectures import build_model
+from service.runtime.backends import cpu_runs_int8_exactly
 from service.runtime.modeldir import file_sha256, load_manifest, write_manifest
 from training.__main__ import main as training_main
 from training.data import load_split
@@ -208,8 +209,6 @@ def test_distributed_training_with_torchrun_on_cpu(tmp_path):
 
 @pytest.fixture(scope="module")
 def shipped(model_dir, tmp_path_factory):
-    from service.runtime.backends import cpu_runs_int8_exactly
-
     # Without VNNI onnxruntime's int8 kernels saturate and the export's accuracy gate rightly refuses int8 (this
     # tiny model lost 0.86 points on an AVX2-only CPU): the weights are shipped without it there.
     int8 = ["--int8"] if cpu_runs_int8_exactly() else []
@@ -249,14 +248,12 @@ def _evaluate(model_dir):
     return result.stdout
 
 
+@pytest.mark.skipif(not cpu_runs_int8_exactly(), reason="this CPU has no VNNI: onnxruntime's int8 kernels saturate "
+                                                         "and the export refuses int8")
 def test_export_from_weights_without_data_makes_the_int8_model_that_was_measured_at_shipping(shipped, tmp_path,
                                                                                            capsys):
     """A fresh machine (`make serve`: no data) gets the int8 model of the card, with the card's accuracies, from the
     calibration shipped beside the weights; one that cannot be vouched for is not exported."""
-    from service.runtime.backends import cpu_runs_int8_exactly
-
-    if not cpu_runs_int8_exactly():
-        pytest.skip("this CPU has no VNNI: onnxruntime's int8 kernels saturate and the export refuses int8")
     card = json.loads(shipped.with_name("fer.card.json").read_text())
     measured = card["quantization"]
     assert measured["tta"] == card["tta"] and measured["int8_sha256"] and measured["accuracy_int8"] > 0.5
