@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent requests are gathered into one call of a model (the classifier, the face detector).
 
-Requests queue their images; one worker takes up to `max_batch_size` images of one kind (waiting at most
+Requests queue their images; a worker takes up to `max_batch_size` images of one kind (waiting at most
 `max_wait_s` after the oldest arrived for a batch to fill), runs the model in a worker thread so that the event
-loop keeps accepting requests, and hands each caller exactly its own rows. Images batch together when their
+loop keeps accepting requests, and hands each caller exactly its own rows. Up to `workers` batches run at once
+(one for the classifier, whose calls use every core; one per core for the face detector). Images batch together when their
 `key` is the same (by default their shape: the detector takes a batch of same-size photos). The queue is bounded
 in images.
 """
@@ -44,8 +45,10 @@ class BatchResult:
 
 class DynamicBatcher:
     def __init__(self, run: Callable[[np.ndarray, Hashable], Sequence], max_batch_size: int, max_wait_s: float,
-                 queue_limit: int, metrics: BatcherMetrics, name: str = "inference"):
-        """`run(images, key)`: the model's rows (an array or a list) for a batch of images that share `key`."""
+                 queue_limit: int, metrics: BatcherMetrics, name: str = "inference", workers: int = 1,
+                 executor: ThreadPoolExecutor | None = None):
+        """`run(images, key)`: the model's rows (an array or a list) for a batch of images that share `key`; up to
+        `workers` calls at once, on `executor`'s threads (default: a pool of `workers` threads)."""
         self._run_model = run
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -55,7 +58,9 @@ class DynamicBatcher:
         self._queued_images = 0
         self._arrived = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._free_workers = asyncio.Semaphore(workers)
+        self._running: set[asyncio.Task] = set()
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -93,8 +98,11 @@ class DynamicBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._free_workers.acquire()  # a batch is formed once a worker can take it: it fills meanwhile
             if not self._jobs:
+                self._free_workers.release()
                 if self._closing:
+                    await asyncio.gather(*self._running)
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -110,8 +118,16 @@ class DynamicBatcher:
                 except TimeoutError:
                     break
             batch = self._take_batch()
-            if batch:
-                await self._run_batch(loop, batch)
+            if not batch:
+                self._free_workers.release()
+                continue
+            running = loop.create_task(self._run_batch(loop, batch))
+            self._running.add(running)
+            running.add_done_callback(self._finished)
+
+    def _finished(self, running: asyncio.Task) -> None:
+        self._running.discard(running)
+        self._free_workers.release()
 
     def _queued_like(self, key: Hashable) -> int:
         """Images queued that could join a batch of `key`."""

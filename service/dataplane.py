@@ -27,7 +27,7 @@ from schemas.api import VideoInfo
 from service.admission import Admission, ExplanationPool
 from service.batching import DynamicBatcher
 from service.metrics import Metrics
-from service.model import FerModel
+from service.model import FerModel, torch_worker_pool
 from service.parameters import (
     InvalidParameter,
     check_saliency_cost,
@@ -200,9 +200,11 @@ class DataPlane:
                                       settings.batch_wait_ms / 1000, settings.queue_limit, self.metrics.inference)
         # Photos of concurrent requests are detected together, as their faces are classified together.
         # A batch holds at most one photo per decode slot: a larger one could never fill.
+        workers = model.detection_workers()
         self.detection = DynamicBatcher(model.detect, min(settings.detect_batch_size, settings.max_decodes_in_flight),
                                         settings.detect_wait_ms / 1000,
-                                        settings.max_decodes_in_flight, self.metrics.detection, "detection")
+                                        settings.max_decodes_in_flight, self.metrics.detection, "detection",
+                                        workers, torch_worker_pool(workers, "detection"))
         self.batcher.start()
         self.detection.start()
         self.decode_slots = asyncio.Semaphore(settings.max_decodes_in_flight)

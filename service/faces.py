@@ -36,6 +36,7 @@ class DetectedFace:
 class Detector(Protocol):
     default_min_score: float  # the least score a detection needs to be a face, unless FER_MIN_FACE_SCORE says
     name: str
+    concurrent_calls: bool  # whether `detect` may run on several threads at once
 
     def detect(self, images: list[np.ndarray], min_size: int) -> list[list[DetectedFace]]:
         """The faces in each of `images` (uint8 H x W x 3 RGB or H x W grey, all of one size), in its pixels."""
@@ -50,6 +51,7 @@ class HaarDetector:
     """OpenCV's Viola-Jones cascade. The score is how many neighbouring windows agreed, n / (n + min_neighbors)."""
 
     name = "haar"
+    concurrent_calls = False  # OpenCV does not document its cascades as thread-safe
     default_min_score = 0.0  # its score is neighbour agreement, not a probability: every detection is kept
     BOX_SCALE = 1.03  # the cascade's box is 0.97 of FER2013's framing, centred on it
 
@@ -100,6 +102,7 @@ class MtcnnDetector:
     default_min_score = 0.95
 
     name = "mtcnn"
+    concurrent_calls = True  # its networks and steps keep no state between calls
     # Measured on 114 pasted FER2013 faces: MTCNN's box is 0.80 of FER2013's side wide and 1.03 high (each
     # +-0.13), its centre 0.02 side below FER2013's.
     WIDTH_SHARE, HEIGHT_SHARE, CENTRE_DROP = 0.80, 1.03, 0.02

@@ -4,8 +4,10 @@ It puts the runtime layer (model directory, backends, explainer, filter store) t
 settings and metrics.
 """
 
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,9 @@ class FerModel:
         self.explainer = Explainer(load_eager_model(self.model_dir, self.manifest, device),
                                    self.manifest.architecture, device)
         self.detector = make_detector(self.settings.face_detector)
+        if self.settings.detect_workers not in (None, 1) and not self.detector.concurrent_calls:
+            raise ValueError(f"FER_DETECT_WORKERS={self.settings.detect_workers}: the {self.detector.name} detector's "
+                             "calls may not overlap; leave it unset (one worker)")
         self.filter_store = FilterStore(self.model_dir, self.manifest.version, self.settings.filter_cache_size)
         if device.type == "cuda":
             self.metrics.watch_gpu_memory(device)
@@ -103,9 +108,16 @@ class FerModel:
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
         return prepare(image, name, original, self.face_options)
 
+    def detection_workers(self) -> int:
+        """How many batches the detection batcher runs at once: FER_DETECT_WORKERS, by default one per core where
+        the detector's calls may overlap, else one."""
+        if not self.detector.concurrent_calls:
+            return 1
+        return self.settings.detect_workers or len(os.sched_getaffinity(0))
+
     def detect(self, images: np.ndarray, key: tuple) -> list[list[DetectedFace]]:
-        """The faces in a batch of same-size detection images (what the detection batcher calls); `key` is their
-        Pending.key. One thread calls it, so no lock: OpenCV's cascades are not documented as thread-safe."""
+        """The faces in a batch of same-size detection images (what the detection batcher calls, on as many
+        threads at once as `detection_workers` says); `key` is their Pending.key."""
         return self.detector.detect(list(images), key[1])
 
     def finish(self, pending: Pending, found: list[DetectedFace], keep_upright: bool = False) -> Photo:
@@ -172,3 +184,23 @@ class FerModel:
                                   if name in measured else None,
                                   passes_sanity_check=measured[name]["passes_sanity_check"] if name in measured else None)
                 for name, method in METHODS.items()]
+
+
+def torch_worker_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """`workers` threads, started now, that share torch's threads between them: each runs its operations on
+    1/`workers` of them (at least one). MTCNN's small layers run 1.2x faster on two threads than on one here, while
+    two batches on a thread each detect 1.6x the photos per second of one batch on two threads. Under OpenMP each
+    thread keeps its own count, and a thread takes torch's process-wide count when it first runs an operation: that
+    count is set back once these threads hold theirs."""
+    budget = torch.get_num_threads()
+
+    def own_count(threads: int) -> None:
+        torch.set_num_threads(threads)
+        torch.get_num_threads()  # a thread's first use fixes its count: now, while the process's is `threads`
+
+    started = threading.Barrier(workers)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=own_count,
+                              initargs=(max(1, budget // workers),))
+    wait([pool.submit(started.wait) for _ in range(workers)])  # each task holds its thread until all have started
+    torch.set_num_threads(budget)
+    return pool

@@ -129,6 +129,53 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
     assert asyncio.run(scenario()).outputs.ravel().tolist() == [8.0]
 
 
+def test_with_two_workers_two_batches_run_at_once_and_close_waits_for_both():
+    """The detector's batcher: a second batch starts while the first still runs, on another thread."""
+    both_running = threading.Barrier(2, timeout=5)
+    threads = []
+
+    def overlapping(images, key):
+        threads.append(threading.get_ident())
+        both_running.wait()  # raises BrokenBarrierError unless the other batch is running too
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(overlapping, max_batch_size=1, max_wait_s=0, queue_limit=10,
+                                 metrics=Metrics().detection, workers=2)
+        batcher.start()
+        jobs = [asyncio.ensure_future(batcher.submit(images_of(v))) for v in (1, 2)]
+        await asyncio.sleep(0.05)
+        await batcher.close()  # both are running: close returns once both are done
+        return [job.result().outputs.ravel().tolist() for job in jobs]
+
+    assert asyncio.run(scenario()) == [[4.0], [8.0]]
+    assert len(set(threads)) == 2
+
+
+def test_one_worker_runs_one_batch_at_a_time():
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def counting(images, key):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.02)
+        with lock:
+            running[0] -= 1
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(counting, max_batch_size=1, max_wait_s=0, queue_limit=10,
+                                 metrics=Metrics().inference)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(4)))
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert most[0] == 1
+
+
 def test_http_503_with_retry_after_when_the_queue_cannot_take_a_request(model_dir):
     with make_client(model_dir, queue_limit=2) as client:
         response = client.post("/predict", files=[("files", (f"{i}.png", face_bytes(), "image/png")) for i in range(3)])

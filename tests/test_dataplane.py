@@ -1,10 +1,12 @@
 """The data plane without HTTP: the steps and rules both protocols share, and readiness under draining."""
 
 import asyncio
+import os
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 from service.admission import Draining
 from service.dataplane import DataPlane, Images, NotReady, SaliencyQuery
@@ -121,3 +123,31 @@ def test_photos_of_concurrent_requests_are_detected_in_one_batch(model_dir):
 
     batches, faces = run_plane(model_dir, steps, detect_batch_size=4, detect_wait_ms=30_000)
     assert batches == [4] and faces[0] == faces[2] == 1 and faces[1] == 0
+
+
+def test_detection_runs_one_batch_per_core_at_once_each_on_its_share_of_torch_threads(model_dir):
+    """MTCNN's calls may overlap: one detection worker per core, each running torch on one core's worth of threads,
+    while threads started later still get the process's count."""
+    budget = torch.get_num_threads()
+    workers = len(os.sched_getaffinity(0))
+
+    async def steps(plane):
+        pool = plane.detection._executor
+        counts = {pool.submit(torch.get_num_threads).result() for _ in range(8)}
+        fresh = []
+        thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return plane.model.detection_workers(), counts, fresh[0]
+
+    assert run_plane(model_dir, steps) == (workers, {max(1, budget // workers)}, budget)
+    assert run_plane(model_dir, steps, detect_workers=1)[:2] == (1, {budget})
+
+
+def test_the_haar_cascade_is_detected_on_one_worker_and_more_are_refused(model_dir):
+    async def steps(plane):
+        return plane.model.detection_workers()
+
+    assert run_plane(model_dir, steps, face_detector="haar") == 1
+    with pytest.raises(ValueError, match="FER_DETECT_WORKERS=2: the haar detector"):
+        run_plane(model_dir, steps, face_detector="haar", detect_workers=2)
