@@ -155,6 +155,16 @@ def test_formats(video_client, two_faces_clip):
     assert raw.status_code == 200 and raw.json()["video"]["filename"] == "raw.mp4"
 
 
+def assert_same_frames(ours: list[dict], theirs: list[dict]) -> None:
+    """The same frames, faces, boxes and tracks; probabilities within 1e-5 (the faces meet other company in the
+    classifier's batches, whose float sums round differently)."""
+    assert [(f["index"], f["time_s"], len(f["faces"])) for f in ours] == [(f["index"], f["time_s"], len(f["faces"]))
+                                                                         for f in theirs]
+    for mine, other in zip((face for f in ours for face in f["faces"]), (face for f in theirs for face in f["faces"])):
+        assert (mine["box"], mine["track_id"], mine["label"]) == (other["box"], other["track_id"], other["label"])
+        assert max(abs(mine["probabilities"][c] - other["probabilities"][c]) for c in mine["probabilities"]) <= 1e-5
+
+
 def test_a_raw_body_past_the_memory_spool_is_read_back_from_disk(video_client, two_faces_clip, monkeypatch):
     """A raw body larger than the in-memory spool goes on to disk, written off the event loop, and the video read
     back from there is the one sent."""
@@ -177,7 +187,7 @@ def test_a_raw_body_past_the_memory_spool_is_read_back_from_disk(video_client, t
     monkeypatch.setattr(tempfile.SpooledTemporaryFile, "write", spy)
     raw = video_client.post("/video", content=two_faces_clip, headers={"content-type": "video/mp4"})
     assert raw.status_code == 200
-    assert raw.json()["frames"] == post(video_client, two_faces_clip).json()["frames"]
+    assert_same_frames(raw.json()["frames"], post(video_client, two_faces_clip).json()["frames"])
     assert to_disk_on_the_loop and not any(to_disk_on_the_loop)
 
 
