@@ -287,7 +287,7 @@ def test_export_from_weights_without_data_makes_the_int8_model_that_was_measured
     assert load_manifest(tmp_path / "other").quantization is None and not (tmp_path / "other" / "model.int8.onnx").exists()
 
 
-def test_precision_auto_serves_int8_only_where_the_export_allows_it(model_dir, monkeypatch):
+def test_precision_auto_serves_int8_only_where_the_export_allows_it(model_dir, monkeypatch, caplog):
     from schemas.manifest import QuantizationInfo
     from service.runtime import backends
     from service.runtime.backends import serving_precision
@@ -310,9 +310,13 @@ def test_precision_auto_serves_int8_only_where_the_export_allows_it(model_dir, m
     assert serving_precision("auto", cpu, with_int8, "auto") == "fp32"
     assert serving_precision("int8", cpu, with_int8, "auto") == "int8"  # asked for: served
     with_int8.quantization = QuantizationInfo(**measured, servable=True)
+    assert not caplog.records
     monkeypatch.setattr(backends, "cpu_runs_int8_exactly", lambda: False)  # no VNNI: int8 would saturate
     assert serving_precision("auto", cpu, with_int8, "auto") == "fp32"
-    assert serving_precision("int8", cpu, with_int8, "auto") == "int8"
+    assert not caplog.records
+    assert serving_precision("int8", cpu, with_int8, "auto") == "int8"  # asked for: served, with a warning
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    assert "without VNNI or AMX" in caplog.records[0].getMessage()
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "tampered", "no card"])

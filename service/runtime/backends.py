@@ -5,6 +5,7 @@ fastest; an explicit name always wins.
 """
 
 import importlib.util
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,8 @@ import torch
 
 from schemas.manifest import Manifest
 from service.runtime.modeldir import Artifact, artifact_path
+
+logger = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -126,7 +129,12 @@ BACKENDS: dict[str, Callable[[Path, Manifest, torch.device, str], Backend]] = {
 def serving_precision(choice: str, device: torch.device, manifest: Manifest, backend: str) -> str:
     """The precision to serve: `auto` is int8 on the CPU where the export marked the int8 model servable (within 0.3
     points of fp32 with the served TTA), the backend can serve it (onnx, or auto, with onnxruntime installed) and the
-    CPU runs int8 without saturating, else fp32 (always on CUDA); any other choice is taken as it is."""
+    CPU runs int8 without saturating, else fp32 (always on CUDA); any other choice is taken as it is, int8 on a CPU
+    that saturates it with a warning."""
+    if choice == "int8" and device.type == "cpu" and not cpu_runs_int8_exactly():
+        logger.warning("FER_PRECISION=int8 on a CPU without VNNI or AMX instructions: onnxruntime's int8 kernels "
+                       "saturate here, and the shipped int8 model lost 14 points of accuracy on such a CPU "
+                       "(FER_PRECISION=auto serves fp32 here)")
     if choice != "auto":
         return choice
     quantization = manifest.quantization
