@@ -3,9 +3,9 @@
 Requests queue their images; a worker takes up to `max_batch_size` images of one kind (waiting at most
 `max_wait_s` after the oldest arrived for a batch to fill), runs the model in a worker thread so that the event
 loop keeps accepting requests, and hands each caller exactly its own rows. Up to `workers` batches run at once
-(one for the classifier, whose calls use every core; one per core for the face detector). Images batch together when their
-`key` is the same (by default their shape: the detector takes a batch of same-size photos). The queue is bounded
-in images.
+(one for the classifier, whose calls use every core; one per core for MTCNN), and may finish in any order. Images
+batch together when their `key` is the same (by default their shape: the detector takes a batch of same-size
+photos). The queue is bounded in images.
 """
 
 import asyncio
@@ -48,7 +48,8 @@ class DynamicBatcher:
                  queue_limit: int, metrics: BatcherMetrics, name: str = "inference", workers: int = 1,
                  executor: ThreadPoolExecutor | None = None):
         """`run(images, key)`: the model's rows (an array or a list) for a batch of images that share `key`; up to
-        `workers` calls at once, on `executor`'s threads (default: a pool of `workers` threads)."""
+        `workers` calls at once, on `executor`'s threads (default: a pool of `workers` threads; it needs at least
+        `workers`, and the batcher shuts it down on closing)."""
         self._run_model = run
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -102,7 +103,7 @@ class DynamicBatcher:
             if not self._jobs:
                 self._free_workers.release()
                 if self._closing:
-                    await asyncio.gather(*self._running)
+                    await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -154,22 +155,24 @@ class DynamicBatcher:
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Job]) -> None:
         started = time.perf_counter()
-        images = np.concatenate([job.images for job in batch])
-        self._metrics.batch_size.observe(len(images))
-        for job in batch:
-            self._metrics.queue_wait.observe(started - job.enqueued)
         try:
+            images = np.concatenate([job.images for job in batch])
+            self._metrics.batch_size.observe(len(images))
+            for job in batch:
+                self._metrics.queue_wait.observe(started - job.enqueued)
             outputs = await loop.run_in_executor(self._executor, self._run_model, images, batch[0].key)
-        except Exception as error:  # the callers see the failure; the worker keeps serving
+            run_s = time.perf_counter() - started
+            self._metrics.run_time.observe(run_s)
+            offset = 0
+            for job in batch:
+                rows = outputs[offset:offset + len(job.images)]
+                offset += len(job.images)
+                if not job.future.done():  # a caller that went away no longer waits
+                    job.future.set_result(BatchResult(rows, started - job.enqueued, run_s))
+        except BaseException as error:  # the callers see the failure (none is left waiting); the worker goes on
             for job in batch:
                 if not job.future.done():
-                    job.future.set_exception(error)
-            return
-        run_s = time.perf_counter() - started
-        self._metrics.run_time.observe(run_s)
-        offset = 0
-        for job in batch:
-            rows = outputs[offset:offset + len(job.images)]
-            offset += len(job.images)
-            if not job.future.done():  # a caller that went away no longer waits
-                job.future.set_result(BatchResult(rows, started - job.enqueued, run_s))
+                    job.future.set_exception(error if isinstance(error, Exception) else
+                                             RuntimeError(f"the batch was stopped: {error!r}"))
+            if not isinstance(error, Exception):
+                raise

@@ -128,7 +128,8 @@ class Filtered:
     cached: bool
 
 
-# Batches of frames a video's reader may be ahead of the frame its caller is given: one in detection, one decoded.
+# Batches of frames a video's reader may be ahead of the frame its caller is given (being decoded or detected: the
+# decode slots bound how many of them are at once).
 VIDEO_WINDOW = 2
 
 
@@ -200,7 +201,7 @@ class DataPlane:
                                       settings.batch_wait_ms / 1000, settings.queue_limit, self.metrics.inference)
         # Photos of concurrent requests are detected together, as their faces are classified together.
         # A batch holds at most one photo per decode slot: a larger one could never fill.
-        workers = model.detection_workers()
+        workers = model.detection_workers
         self.detection = DynamicBatcher(model.detect, min(settings.detect_batch_size, settings.max_decodes_in_flight),
                                         settings.detect_wait_ms / 1000,
                                         settings.max_decodes_in_flight, self.metrics.detection, "detection",

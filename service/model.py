@@ -4,10 +4,9 @@ It puts the runtime layer (model directory, backends, explainer, filter store) t
 settings and metrics.
 """
 
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +59,7 @@ class FerModel:
         self.explainer = Explainer(load_eager_model(self.model_dir, self.manifest, device),
                                    self.manifest.architecture, device)
         self.detector = make_detector(self.settings.face_detector)
-        if self.settings.detect_workers not in (None, 1) and not self.detector.concurrent_calls:
-            raise ValueError(f"FER_DETECT_WORKERS={self.settings.detect_workers}: the {self.detector.name} detector's "
-                             "calls may not overlap; leave it unset (one worker)")
+        self.detection_workers = self._detection_workers()
         self.filter_store = FilterStore(self.model_dir, self.manifest.version, self.settings.filter_cache_size)
         if device.type == "cuda":
             self.metrics.watch_gpu_memory(device)
@@ -108,12 +105,17 @@ class FerModel:
         image, original = decode_photo(data, name, self.settings.max_image_pixels, self.settings.photo_max_pixels)
         return prepare(image, name, original, self.face_options)
 
-    def detection_workers(self) -> int:
-        """How many batches the detection batcher runs at once: FER_DETECT_WORKERS, by default one per core where
-        the detector's calls may overlap, else one."""
+    def _detection_workers(self) -> int:
+        """How many batches the detection batcher runs at once: FER_DETECT_WORKERS, by default one per torch thread
+        (a core's worth each; at most one per decode slot, as each batch holds one) where the detector's calls may
+        overlap; one where they may not, and more asked for is refused."""
+        asked = self.settings.detect_workers
         if not self.detector.concurrent_calls:
+            if asked not in (None, 1):
+                raise ValueError(f"FER_DETECT_WORKERS={asked}: the {self.detector.name} detector's calls may not "
+                                 "overlap; leave it unset (one worker)")
             return 1
-        return self.settings.detect_workers or len(os.sched_getaffinity(0))
+        return asked or max(1, min(torch.get_num_threads(), self.settings.max_decodes_in_flight))
 
     def detect(self, images: np.ndarray, key: tuple) -> list[list[DetectedFace]]:
         """The faces in a batch of same-size detection images (what the detection batcher calls, on as many
@@ -198,9 +200,12 @@ def torch_worker_pool(workers: int, name: str) -> ThreadPoolExecutor:
         torch.set_num_threads(threads)
         torch.get_num_threads()  # a thread's first use fixes its count: now, while the process's is `threads`
 
-    started = threading.Barrier(workers)
+    # Every thread is started now, each task holding its thread until all have started: a thread started later
+    # would set the process's count down again.
+    started = threading.Barrier(workers, timeout=30)
     pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=own_count,
                               initargs=(max(1, budget // workers),))
-    wait([pool.submit(started.wait) for _ in range(workers)])  # each task holds its thread until all have started
+    for future in [pool.submit(started.wait) for _ in range(workers)]:
+        future.result()  # an initializer's failure breaks the pool: raised here, not left to hang
     torch.set_num_threads(budget)
     return pool

@@ -1,5 +1,6 @@
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -129,30 +130,37 @@ def test_a_failing_batch_fails_its_callers_and_the_worker_goes_on():
     assert asyncio.run(scenario()).outputs.ravel().tolist() == [8.0]
 
 
-def test_with_two_workers_two_batches_run_at_once_and_close_waits_for_both():
-    """The detector's batcher: a second batch starts while the first still runs, on another thread."""
-    both_running = threading.Barrier(2, timeout=5)
+def test_with_two_workers_two_batches_run_at_once_and_close_finishes_all_that_was_queued():
+    """The detector's batcher: a second batch starts while the first still runs, on another thread; close() waits
+    for both, and for what was queued behind them."""
+    both_running, release = threading.Barrier(2, timeout=5), threading.Event()
     threads = []
 
     def overlapping(images, key):
         threads.append(threading.get_ident())
-        both_running.wait()  # raises BrokenBarrierError unless the other batch is running too
+        if len(threads) <= 2:
+            both_running.wait()  # raises BrokenBarrierError unless the other batch is running too
+            release.wait(5)
         return row_sums(images)
 
     async def scenario():
         batcher = DynamicBatcher(overlapping, max_batch_size=1, max_wait_s=0, queue_limit=10,
                                  metrics=Metrics().detection, workers=2)
         batcher.start()
-        jobs = [asyncio.ensure_future(batcher.submit(images_of(v))) for v in (1, 2)]
+        jobs = [asyncio.ensure_future(batcher.submit(images_of(v))) for v in (1, 2, 3, 4)]
         await asyncio.sleep(0.05)
-        await batcher.close()  # both are running: close returns once both are done
+        closing = asyncio.ensure_future(batcher.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done() and not any(job.done() for job in jobs)  # two running, two queued
+        release.set()
+        await closing
         return [job.result().outputs.ravel().tolist() for job in jobs]
 
-    assert asyncio.run(scenario()) == [[4.0], [8.0]]
-    assert len(set(threads)) == 2
+    assert asyncio.run(scenario()) == [[4.0], [8.0], [12.0], [16.0]]
+    assert len(set(threads[:2])) == 2
 
 
-def test_one_worker_runs_one_batch_at_a_time():
+def test_one_worker_runs_one_batch_at_a_time_whatever_threads_its_executor_has():
     running, most = [0], [0]
     lock = threading.Lock()
 
@@ -167,13 +175,39 @@ def test_one_worker_runs_one_batch_at_a_time():
 
     async def scenario():
         batcher = DynamicBatcher(counting, max_batch_size=1, max_wait_s=0, queue_limit=10,
-                                 metrics=Metrics().inference)
+                                 metrics=Metrics().inference, executor=ThreadPoolExecutor(4))
         batcher.start()
         await asyncio.gather(*(batcher.submit(images_of(v)) for v in range(4)))
         await batcher.close()
 
     asyncio.run(scenario())
     assert most[0] == 1
+
+
+def test_jobs_whose_callers_left_are_dropped_with_two_workers_and_the_rest_still_run():
+    release = threading.Event()
+
+    def held(images, key):
+        release.wait(5)
+        return row_sums(images)
+
+    async def scenario():
+        batcher = DynamicBatcher(held, max_batch_size=1, max_wait_s=0, queue_limit=10, metrics=Metrics().detection,
+                                 workers=2)
+        batcher.start()
+        running = [asyncio.ensure_future(batcher.submit(images_of(v))) for v in (1, 2)]
+        await asyncio.sleep(0.05)
+        left = [asyncio.ensure_future(batcher.submit(images_of(v))) for v in (3, 4)]
+        await asyncio.sleep(0.01)
+        for job in left:
+            job.cancel()
+        last = asyncio.ensure_future(batcher.submit(images_of(5)))
+        release.set()
+        results = [(await job).outputs.ravel().tolist() for job in (*running, last)]
+        await batcher.close()
+        return results
+
+    assert asyncio.run(scenario()) == [[4.0], [8.0], [20.0]]
 
 
 def test_http_503_with_retry_after_when_the_queue_cannot_take_a_request(model_dir):

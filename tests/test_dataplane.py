@@ -1,7 +1,6 @@
 """The data plane without HTTP: the steps and rules both protocols share, and readiness under draining."""
 
 import asyncio
-import os
 import threading
 
 import numpy as np
@@ -125,28 +124,36 @@ def test_photos_of_concurrent_requests_are_detected_in_one_batch(model_dir):
     assert batches == [4] and faces[0] == faces[2] == 1 and faces[1] == 0
 
 
-def test_detection_runs_one_batch_per_core_at_once_each_on_its_share_of_torch_threads(model_dir):
-    """MTCNN's calls may overlap: one detection worker per core, each running torch on one core's worth of threads,
-    while threads started later still get the process's count."""
+def test_detection_runs_one_batch_per_torch_thread_at_once_each_on_its_share_of_them(model_dir):
+    """MTCNN's calls may overlap: one detection worker per torch thread, each running torch on its share, while
+    threads started later still get the process's count."""
     budget = torch.get_num_threads()
-    workers = len(os.sched_getaffinity(0))
 
     async def steps(plane):
+        workers = plane.model.detection_workers
+        every_thread = threading.Barrier(workers, timeout=10)
+
+        def count():  # held until every worker runs one: each thread of the pool is asked
+            every_thread.wait()
+            return threading.get_ident(), torch.get_num_threads()
+
         pool = plane.detection._executor
-        counts = {pool.submit(torch.get_num_threads).result() for _ in range(8)}
+        counts = dict(future.result() for future in [pool.submit(count) for _ in range(workers)])
         fresh = []
         thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
         thread.start()
         thread.join()
-        return plane.model.detection_workers(), counts, fresh[0]
+        return workers, sorted(counts.values()), fresh[0]
 
-    assert run_plane(model_dir, steps) == (workers, {max(1, budget // workers)}, budget)
-    assert run_plane(model_dir, steps, detect_workers=1)[:2] == (1, {budget})
+    workers = min(budget, Settings.model_fields["max_decodes_in_flight"].default)
+    assert run_plane(model_dir, steps) == (workers, [max(1, budget // workers)] * workers, budget)
+    assert run_plane(model_dir, steps, detect_workers=2) == (2, [max(1, budget // 2)] * 2, budget)
+    assert run_plane(model_dir, steps, detect_workers=1) == (1, [budget], budget)
 
 
 def test_the_haar_cascade_is_detected_on_one_worker_and_more_are_refused(model_dir):
     async def steps(plane):
-        return plane.model.detection_workers()
+        return plane.model.detection_workers
 
     assert run_plane(model_dir, steps, face_detector="haar") == 1
     with pytest.raises(ValueError, match="FER_DETECT_WORKERS=2: the haar detector"):
