@@ -72,8 +72,9 @@ class Settings(BaseSettings):
                                                         "one size and smallest face batch together).")
     detect_workers: int | None = Field(None, ge=1, description=(
         "Batches of face detection run at once, each on its own thread with its share of the cores: by default one "
-        "per torch thread (at most one per decode slot) for MTCNN (two batches on a thread each detect 1.6x the photos per second of one batch on two "
-        "threads here), and always one for the Haar cascade, whose calls may not overlap."))
+        "per torch thread (at most one per decode slot) for MTCNN (two batches on a thread each detect 1.6x the "
+        "photos per second of one batch on two threads here), and always one for the Haar cascade, whose calls may "
+        "not overlap."))
     detect_wait_ms: float = Field(5.0, ge=0, description="How long the first photo of a detection batch waits "
                                                          "for company (detection takes 20-60 ms a photo here).")
     max_video_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest /video upload (spooled to a "
