@@ -29,9 +29,11 @@ from service.batching import DynamicBatcher
 from service.metrics import Metrics
 from service.model import FerModel, torch_worker_pool
 from service.parameters import (
+    VIDEO_SALIENCY_ADVICE,
     InvalidParameter,
     check_saliency_cost,
     check_saliency_layer,
+    check_video_saliency_cost,
     checked_filter_request,
     parse_target,
 )
@@ -94,6 +96,11 @@ class Uploaded:
     photos: list[Photo]  # one per decoded file, with its faces; none for crops sent as they are
     crops: np.ndarray  # every face of every image, in order: uint8 N x 1 x H x W, one batch for the model
     decode_ms: float
+
+    @property
+    def images(self) -> int:
+        """Images answered: the photos, or the crops sent as they are."""
+        return len(self.photos) or len(self.crops)
 
 
 @dataclass
@@ -307,8 +314,9 @@ class DataPlane:
             return False
         return sum(width * height for width, height in sizes) <= INLINE_DECODE_PIXELS
 
-    def _count(self, endpoint: str, faces: int) -> None:
-        self.metrics.images.labels(endpoint).inc(faces)
+    def _count(self, endpoint: str, images: int, faces: int) -> None:
+        self.metrics.images.labels(endpoint).inc(images)
+        self.metrics.faces.labels(endpoint).inc(faces)
 
     # --- the model's steps -------------------------------------------------------------------------------
     async def classify(self, images: Images, endpoint: str) -> Classified:
@@ -317,7 +325,7 @@ class DataPlane:
         self.served()
         uploaded = await self.decode(images)
         probabilities, queue_ms, inference_ms = await self._classified(uploaded.crops)
-        self._count(endpoint, len(uploaded.crops))
+        self._count(endpoint, uploaded.images, len(uploaded.crops))
         return Classified(uploaded, probabilities, queue_ms, inference_ms)
 
     async def _classified(self, crops: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -325,6 +333,9 @@ class DataPlane:
         the ms they queued and ran."""
         if not len(crops):
             return np.zeros((0, len(self.model.classes)), dtype=np.float32), 0.0, 0.0
+        if len(crops) > self.batcher.queue_limit:  # it could never be queued, so not a 503 to retry
+            raise ImageError(f"too many faces: {len(crops)} in one request, more than the {self.batcher.queue_limit} "
+                             "the inference queue holds (FER_QUEUE_LIMIT): send fewer images", status=413)
         result = await self.batcher.submit(crops)
         return np.asarray(result.outputs, dtype=np.float32), result.queue_s * 1000, result.run_s * 1000
 
@@ -348,11 +359,11 @@ class DataPlane:
 
     async def saliency(self, source: ImageSource, query: SaliencyQuery, endpoint: str,
                        connection: Connection | None = None, keep_upright: bool = False,
-                       check_faces: Callable[[int], None] | None = None,
+                       check_uploaded: Callable[[Uploaded], None] | None = None,
                        render: Callable[[Explained], object] | None = None) -> Explained:
         """One map per face, computed as one batch on the explanation pool. Admitted before the images are read
         and decoded (Busy or Draining at once when the slots are full); the cost budget is checked on the faces
-        found, and `check_faces(count)` lets the caller refuse what its answer could not carry, before any work;
+        found, and `check_uploaded(uploaded)` lets the caller refuse what its answer could not carry, before any work;
         `render(explained)`, the caller's drawing of the answer, runs on a worker thread within the same slot.
 
         Each face's probabilities and predicted class are the ones classify gives it (through the batcher, with the
@@ -363,8 +374,8 @@ class DataPlane:
         with self.explanations.admitted() as ticket:
             uploaded = await self.decode(await source(), keep_upright)
             check_saliency_cost(model, query.method, len(uploaded.crops), self.settings.max_explanation_passes)
-            if check_faces is not None:
-                check_faces(len(uploaded.crops))
+            if check_uploaded is not None:
+                check_uploaded(uploaded)
             started = time.perf_counter()
             side = model.explainer.model.image_size
             maps, targets = np.zeros((0, side, side), dtype=np.float32), []
@@ -379,7 +390,7 @@ class DataPlane:
                                   (time.perf_counter() - started) * 1000)
             if render is not None:
                 explained.rendered = await run_in_threadpool(render, explained)
-        self._count(endpoint, len(uploaded.crops))
+        self._count(endpoint, uploaded.images, len(uploaded.crops))
         return explained
 
     async def filters(self, layer: str, filters: tuple[int, ...], mode: str, steps: int, size: int,
@@ -435,6 +446,13 @@ class DataPlane:
             filename, file = await source()
             reader = await run_in_threadpool(VideoReader, file, filename, query, self.video_limits())
             info = reader.info
+            if saliency is not None and reader.declared_frames is not None:
+                try:
+                    check_video_saliency_cost(model, saliency.method, reader.declared_frames,
+                                              self.settings.max_explanation_passes)
+                except InvalidParameter:
+                    await run_in_threadpool(reader.close)
+                    raise
             ahead = asyncio.Semaphore(VIDEO_WINDOW * self.settings.detect_batch_size)
             frames: asyncio.Queue = asyncio.Queue()  # of frame tasks, then None at the end or the reader's error
             decode_s = [0.0]
@@ -457,13 +475,14 @@ class DataPlane:
                     maps = None
                     if saliency is not None and len(photo.crops):
                         explained += len(photo.crops)
-                        check_saliency_cost(model, saliency.method, explained, self.settings.max_explanation_passes)
+                        check_saliency_cost(model, saliency.method, explained, self.settings.max_explanation_passes,
+                                            VIDEO_SALIENCY_ADVICE)
                         maps, _, _ = await self.explanations.run(
                             ticket, connection, model.saliency, photo.crops, saliency.method,
                             torch.from_numpy(probabilities.argmax(1)), saliency.layer)
                         maps = maps.numpy()
                     self.metrics.video_frames.labels("sampled").inc()
-                    self._count("/video", len(photo.faces))
+                    self._count("/video", 1, len(photo.faces))
                     yield TrackedFrame(frame, photo, ids, probabilities, smoothed, maps)
                 self.metrics.video_frames.labels("decoded").inc(reader.decoded)
                 self.metrics.video_seconds.inc(reader.sampled / info.sampled_fps)

@@ -53,26 +53,51 @@ MIN_SIDE = 256  # smaller photos (face crops) are drawn enlarged to this longer 
 BOX_COLOUR = (0, 255, 128)
 
 
-def overlay(photos, maps_and_labels: list[list[tuple[np.ndarray, str]]], max_pixels: int,
-            gap: int = 4) -> tuple[np.ndarray, list[int], list[float]]:
-    """Each photo with its faces' maps, boxes and labels (`annotate`), side by side at a common height, as large
-    as the largest photo's own size allows within `max_pixels`; and where each photo lies in the picture: its left
-    edge and its scale (picture pixels per photo pixel: a box (x, y, w, h) of photo i is drawn at
-    (left_i + x * scale_i, y * scale_i)). Every photo is drawn once, straight at its final size."""
+OVERLAY_GAP = 4  # pixels between photos
+
+
+def overlay_layout(photos, max_pixels: int, gap: int = OVERLAY_GAP) -> list[tuple[int, int]]:
+    """The size (width, height) each photo is drawn at in an overlay: side by side at a common height, as large as
+    the largest photo's own size allows within `max_pixels`. ImageError (422) when even a row one pixel high is
+    over it (photos of extreme shape), so that a request can be refused before any work."""
     def natural(photo) -> float:
         """Scale of the photo drawn on its own: its size, no larger than its decoded pixels hold (a face crop
         taken whole is decoded at the model's input size), and at least MIN_SIDE on the longer side."""
         longer = max(photo.width, photo.height)
         return max(min(1.0, max(photo.upright.shape[:2]) / longer), MIN_SIDE / longer)
 
-    heights = [photo.height * natural(photo) for photo in photos]
-    tallest = max(heights)
+    if not photos:
+        raise ImageError("no photo to draw an overlay on (face crops sent as they are): ask for format=png or json",
+                         status=422)
+    tallest = max(photo.height * natural(photo) for photo in photos)
     # at height h the row is h * aspects + gaps wide: the tallest h (up to the tallest photo's) within max_pixels
     aspects, gaps = sum(photo.width / photo.height for photo in photos), gap * (len(photos) - 1)
     fitting = (-gaps + math.sqrt(gaps ** 2 + 4 * aspects * max_pixels)) / (2 * aspects)
     height = max(1, min(round(tallest), math.floor(fitting)))
-    sizes = [(max(1, math.floor(photo.width * height / photo.height)), height) for photo in photos]
-    row = np.full((height, sum(w for w, _ in sizes) + gaps, 3), 255, dtype=np.uint8)
+
+    def sizes_at(height: int) -> tuple[list[tuple[int, int]], int]:
+        sizes = [(max(1, math.floor(photo.width * height / photo.height)), height) for photo in photos]
+        return sizes, sum(w for w, _ in sizes) + gaps
+
+    sizes, width = sizes_at(height)
+    while width * height > max_pixels and height > 1:  # widths of at least a pixel: lower the row until it fits
+        height = max(1, min(height - 1, max_pixels // width))
+        sizes, width = sizes_at(height)
+    if width * height > max_pixels:
+        raise ImageError(f"the overlay would be {width}x{height} pixels, more than the limit of {max_pixels}: the "
+                         "photos are too wide for their height to be drawn side by side; send fewer photos or ask "
+                         "for format=png or json", status=422)
+    return sizes
+
+
+def overlay(photos, maps_and_labels: list[list[tuple[np.ndarray, str]]], max_pixels: int,
+            gap: int = OVERLAY_GAP) -> tuple[np.ndarray, list[int], list[float]]:
+    """Each photo with its faces' maps, boxes and labels (`annotate`), laid out by `overlay_layout`; and where
+    each photo lies in the picture: its left edge and its scale (picture pixels per photo pixel: a box (x, y, w, h)
+    of photo i is drawn at (left_i + x * scale_i, y * scale_i)). Every photo is drawn once, straight at its final
+    size."""
+    sizes = overlay_layout(photos, max_pixels, gap)
+    row = np.full((sizes[0][1], sum(w for w, _ in sizes) + gap * (len(photos) - 1), 3), 255, dtype=np.uint8)
     lefts, left = [], 0
     for photo, faces, size in zip(photos, maps_and_labels, sizes):
         row[:, left:left + size[0]] = annotate(photo, faces, size)

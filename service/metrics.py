@@ -1,9 +1,11 @@
 """Prometheus metrics, in a registry of the app's own (so that several apps can live in one process)."""
 
+import re
 import time
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -32,7 +34,9 @@ class Metrics:
         self.requests = Counter("fer_requests", "HTTP requests by endpoint and status", ["method", "endpoint", "status"], registry=r)
         self.latency = Histogram("fer_request_duration_seconds", "HTTP request latency", ["method", "endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.images = Counter("fer_images", "Images processed", ["endpoint"], registry=r)
+        self.images = Counter("fer_images", "Images answered (photos, face crops, video frames)", ["endpoint"],
+                              registry=r)
+        self.faces = Counter("fer_faces", "Faces classified", ["endpoint"], registry=r)
         self.inference = BatcherMetrics(r, "fer_", "Face crops (the classifier's images)", "fer_inference_seconds",
                                         "Forward pass time of one batch")
         self.detection = BatcherMetrics(r, "fer_detection_", "Photos (face detection's images)",
@@ -70,6 +74,17 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
+        self._templates: list[tuple[re.Pattern, str]] | None = None
+
+    def _route_template(self, scope: Scope) -> str:
+        """The endpoint (route template, e.g. /v2/models/{name}/infer) of a request refused before routing (a body
+        over its limit: 413), matched against the app's documented paths; "unmatched" if none matches."""
+        if self._templates is None:
+            openapi = getattr(scope.get("app"), "openapi", None)
+            self._templates = [(compile_path(path)[0], path) for path in openapi()["paths"]] if openapi else []
+        path, root = scope["path"], scope.get("root_path", "")
+        path = path[len(root):] if root and path.startswith(root) else path  # routes see it without the root path
+        return next((template for pattern, template in self._templates if pattern.match(path)), "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,6 +103,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched") if route is not None else self._route_template(scope)
             self.metrics.requests.labels(method, endpoint, str(status)).inc()
             self.metrics.latency.labels(method, endpoint).observe(time.perf_counter() - started)

@@ -40,11 +40,26 @@ def parse_target(target: str | int | None, classes: list[str]) -> int | None:
                            f"name ({', '.join(classes)}) or an index 0-{len(classes) - 1}")
 
 
-def check_saliency_cost(model: FerModel, method: str, faces: int, budget: int) -> None:
+def check_saliency_cost(model: FerModel, method: str, faces: int, budget: int,
+                        advice: str = "send fewer images or use a cheaper method") -> None:
     cost = METHODS[method].forward_passes(faces, model.explainer.model.image_size)
     if cost > budget:
         raise InvalidParameter(f"{method} on {faces} faces costs {cost} forward passes, more than the budget of "
-                               f"{budget} per request: send fewer images or use a cheaper method")
+                               f"{budget} per request: {advice}")
+
+
+VIDEO_SALIENCY_ADVICE = "lower `fps`, send a shorter span (`start`, `end`) or use a cheaper method"
+
+
+def check_video_saliency_cost(model: FerModel, method: str, frames: int, budget: int) -> None:
+    """A video whose declared span would exceed the budget with one face per sampled frame is refused before any
+    frame is analysed, not after minutes of them (stricter than the budget for a video with frames without faces:
+    an early, certain answer is worth more than a late, likely refusal)."""
+    cost = METHODS[method].forward_passes(frames, model.explainer.model.image_size)
+    if cost > budget:
+        raise InvalidParameter(f"{method} on the {frames} frames sampled from this video would cost {cost} forward "
+                               f"passes with one face in each, more than the budget of {budget} per request: "
+                               f"{VIDEO_SALIENCY_ADVICE}")
 
 
 def check_layer(model: FerModel, layer: str) -> None:
@@ -53,13 +68,18 @@ def check_layer(model: FerModel, layer: str) -> None:
 
 
 def check_saliency_layer(model: FerModel, layer: str) -> None:
-    """Grad-CAM's `layer`: any module of the network (a query parameter, so 422 rather than check_layer's 404)."""
+    """Grad-CAM's `layer`: a module of the network whose output is a map (a query parameter, so 422 rather than
+    check_layer's 404)."""
+    explainer = model.explainer
     try:
-        model.explainer.module(layer)
+        explainer.module(layer)
     except KeyError:
         raise InvalidParameter(f"query parameter `layer`: unknown layer {excerpt(layer, 40)!r}: expected a module "
-                               f"of the network such as {model.explainer.default_layer} or "
-                               f"{next(reversed(model.explainer.layers))}") from None
+                               f"of the network such as {explainer.default_layer} or "
+                               f"{next(reversed(explainer.layers))}") from None
+    if (layer or explainer.default_layer) not in explainer.spatial_layers:  # an empty name is the default
+        raise InvalidParameter(f"query parameter `layer`: {excerpt(layer, 40)!r} gives no spatial map for Grad-CAM "
+                               f"to weigh: expected a convolution, block or stage such as {explainer.default_layer}")
 
 
 def checked_filter_request(model: FerModel, settings: Settings, layer: str, filters: tuple[int, ...], mode: str,

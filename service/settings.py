@@ -33,14 +33,16 @@ class Settings(BaseSettings):
     log_level: str = "info"
     max_batch_size: int = Field(64, ge=1, description="Most images in one forward pass.")
     batch_wait_ms: float = Field(2.0, ge=0, description="How long the first request of a batch waits for company.")
-    queue_limit: int = Field(2048, ge=1, description="Most images waiting for inference; beyond it, 503.")
+    queue_limit: int = Field(2048, ge=1, description="Most faces waiting for inference; beyond it, 503 (a request "
+                                                     "with more faces than it holds: 413).")
     max_images_per_request: int = Field(64, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(25_000_000, ge=1, description="Width x height; larger images get 413.")
     explain_workers: int = Field(1, ge=1, description="Explanations computed at once, on their own threads.")
     explain_queue: int = Field(4, ge=0, description="Explanation requests that may wait; beyond them, 503.")
-    max_explanation_passes: int = Field(2048, ge=1, description="Budget of one /saliency request: images x "
-                                                                "forward passes per image of the method.")
+    max_explanation_passes: int = Field(2048, ge=1, description="Budget of one /saliency request (or "
+                                                                "/video with saliency, over all its frames): faces x "
+                                                                "forward passes per face of the method.")
     max_filter_cost: int = Field(64 * 128 * 48 * 48, ge=1, description="Budget of one uncached /filters "
                                                                        "request: filters x steps x size^2.")
     max_filters_per_request: int = Field(64, ge=1)

@@ -106,7 +106,9 @@ class VideoReader:
             raise VideoError(f"{self.name}: {end - query.start:.1f} s from start={query.start:g} exceed the limit of "
                              f"{limits.max_seconds:g} s per request: send `end` (or a shorter clip)", status=413)
         sampled_fps = min(query.fps, source_fps) if source_fps else query.fps
-        if end is not None and math.ceil((end - query.start) * sampled_fps - 1e-6) > limits.max_frames:
+        # the sampled frames the declared span holds (None when neither `end` nor the header bounds it)
+        self.declared_frames = math.ceil((end - query.start) * sampled_fps - 1e-6) if end is not None else None
+        if self.declared_frames is not None and self.declared_frames > limits.max_frames:
             raise VideoError(f"{self.name}: {end - query.start:.1f} s at {sampled_fps:g} frames/s is more than the "
                              f"limit of {limits.max_frames} frames per request: lower `fps` or send `end`", status=413)
         return VideoInfo(filename=self.name, width=context.width, height=context.height, codec=context.name,

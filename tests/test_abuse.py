@@ -160,6 +160,8 @@ def test_photos_are_decoded_at_reduced_scale_within_their_pixel_budget(kind, ori
     ("/filters/conv1?steps=abc", "steps"),
     ("/saliency?method=lime", "method"),
     ("/saliency?method=gradcam&layer=layer9", "layer"),
+    ("/saliency?method=gradcam&layer=fc", "layer"),  # a module, but its output is a vector, not a map
+    ("/saliency?method=guided_gradcam&layer=fc.1", "layer"),
 ])
 def test_bad_query_numbers_are_422_naming_the_parameter(client, url, parameter):
     method = client.get if url.startswith("/filters") else client.post

@@ -210,9 +210,14 @@ def test_jobs_whose_callers_left_are_dropped_with_two_workers_and_the_rest_still
     assert asyncio.run(scenario()) == [[4.0], [8.0], [20.0]]
 
 
-def test_http_503_with_retry_after_when_the_queue_cannot_take_a_request(model_dir):
+def test_http_503_with_retry_after_when_the_queue_is_full_and_413_for_more_faces_than_it_holds(model_dir, monkeypatch):
+    files = [("files", (f"{i}.png", face_bytes(), "image/png")) for i in range(3)]
     with make_client(model_dir, queue_limit=2) as client:
-        response = client.post("/predict", files=[("files", (f"{i}.png", face_bytes(), "image/png")) for i in range(3)])
+        response = client.post("/predict", files=files)  # could never be queued: retrying would not help
+        assert response.status_code == 413 and "more than the 2 the inference queue holds" in response.json()["detail"]
+        with monkeypatch.context() as patch:  # as if two other requests' faces were waiting
+            patch.setattr(client.app.state.plane.batcher, "_queued_images", 2)
+            response = client.post("/predict", files=files[:1])
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "queued" in response.json()["detail"]
-        assert client.post("/predict", files=[("files", ("a.png", face_bytes(), "image/png"))]).status_code == 200
+        assert client.post("/predict", files=files[:1]).status_code == 200

@@ -1,11 +1,13 @@
 """The data plane without HTTP: the steps and rules both protocols share, and readiness under draining."""
 
 import asyncio
+import io
 import threading
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from service.admission import Draining
 from service.dataplane import DataPlane, Images, NotReady, SaliencyQuery
@@ -43,7 +45,14 @@ def test_the_plane_classifies_explains_and_counts_without_http(model_dir):
         assert classified.probabilities.shape == (3, 7) and classified.uploaded.photos == []
         decoded = await plane.classify(Images([("a.png", face_bytes("happy", seed=0))], faces="none"), "test")
         np.testing.assert_allclose(decoded.probabilities[0], classified.probabilities[0], atol=1e-6)
-        assert plane.metrics.images.labels("test")._value.get() == 4
+        assert plane.metrics.images.labels("test")._value.get() == 4  # three crops sent as they are, one photo
+        assert plane.metrics.faces.labels("test")._value.get() == 4
+        blank = io.BytesIO()
+        Image.new("L", (160, 120), 128).save(blank, format="PNG")
+        empty = await plane.classify(Images([("blank.png", blank.getvalue())], faces="detect"), "test")
+        assert len(empty.uploaded.crops) == 0  # a photo answered, no face classified
+        assert plane.metrics.images.labels("test")._value.get() == 5
+        assert plane.metrics.faces.labels("test")._value.get() == 4
 
         async def source():
             return Images(crops=crops)

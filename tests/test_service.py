@@ -136,6 +136,24 @@ def test_saliency_png_and_overlay(client):
         assert len(response.headers["x-predicted"].split(",")) == 2
 
 
+def test_an_overlay_over_the_png_limit_at_any_height_is_refused_before_any_work(client):
+    """A photo 4.1 M pixels wide and 1 high is within the upload's pixel limit, but drawn side by side it cannot fit
+    FER_MAX_PNG_PIXELS (4 M) even one pixel high: 422 naming the limit, not a picture over it."""
+    buffer = io.BytesIO()
+    Image.new("L", (4_100_000, 1), 128).save(buffer, format="PNG")
+    for faces in ("detect", "none"):
+        response = client.post(f"/saliency?format=overlay&faces={faces}", files=upload(buffer.getvalue()))
+        assert response.status_code == 422, response.text[:300]
+        assert "limit of 4000000" in response.json()["detail"] and "format=png or json" in response.json()["detail"]
+    assert client.post("/saliency?format=json", files=upload(buffer.getvalue())).status_code == 200
+    tall = io.BytesIO()  # one pixel wide: it fits once drawn a little shorter than it is
+    Image.new("L", (1, 4_100_000), 128).save(tall, format="PNG")
+    response = client.post("/saliency?format=overlay&faces=detect", files=upload(tall.getvalue()))
+    assert response.status_code == 200, response.text[:300]
+    width, height = Image.open(io.BytesIO(response.content)).size
+    assert width == 1 and 3_900_000 < height <= 4_000_000
+
+
 def test_saliency_for_a_requested_target(client):
     for target in ("surprise", "5"):
         body = client.post(f"/saliency?format=json&target={target}", files=upload(face_bytes("happy"))).json()
@@ -271,6 +289,13 @@ def test_streamed_body_over_the_limit_is_refused(client):
     assert response.status_code == 413 and "exceeds the limit" in response.json()["detail"]
 
 
+def test_a_body_refused_before_routing_is_counted_under_its_endpoint(client):
+    before = metric_value(client, "fer_requests_total", endpoint="/predict", status="413")
+    response = client.post("/predict", content=b"z" * (5 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert metric_value(client, "fer_requests_total", endpoint="/predict", status="413") == before + 1
+
+
 def test_server_keeps_serving_after_bad_input_and_counts_it(client):
     client.post("/predict", files=upload(b"junk"))
     assert client.post("/predict", files=upload(face_bytes())).status_code == 200
@@ -280,7 +305,8 @@ def test_server_keeps_serving_after_bad_input_and_counts_it(client):
 def test_metrics_parse_and_cover_the_service(client):
     client.post("/predict", files=upload(face_bytes()))
     families = {family.name: family for family in text_string_to_metric_families(client.get("/metrics").text)}
-    for name in ("fer_requests", "fer_request_duration_seconds", "fer_images", "fer_batch_size", "fer_queue_depth",
+    for name in ("fer_requests", "fer_request_duration_seconds", "fer_images", "fer_faces", "fer_batch_size",
+                 "fer_queue_depth",
                  "fer_queue_wait_seconds", "fer_inference_seconds", "fer_explanation_seconds",
                  "fer_filter_cache_hits", "fer_filter_cache_misses", "fer_model_info"):
         assert name in families, name

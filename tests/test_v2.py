@@ -22,6 +22,7 @@ from service.runtime.images import decode_image
 from service.oip_models import PLATFORMS
 from service.settings import Settings
 
+from .conftest import make_client
 from .images import face_bytes
 
 MODEL = "fer-resnet18"
@@ -390,6 +391,9 @@ BAD_REQUESTS = {
         **face_header(1, 2304), "parameters": {"method": ["vanilla"]}}, bytes(2304))),
     "unknown Grad-CAM layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-saliency", {
         **face_header(1, 2304), "parameters": {"method": "gradcam", "layer": "layer9"}}, bytes(2304))),
+    "Grad-CAM layer without a map": (400, "'fc' gives no spatial map", lambda http: raw_infer(
+        http, f"{MODEL}-saliency", {**face_header(1, 2304), "parameters": {"method": "gradcam", "layer": "fc"}},
+        bytes(2304))),
     "unknown layer": (400, "unknown layer 'layer9'", lambda http: raw_infer(http, f"{MODEL}-filters", {"inputs": [
         {"name": "layer", "datatype": "BYTES", "shape": [1], "data": ["layer9"]},
         {"name": "filters", "datatype": "INT32", "shape": [1], "data": [0]}]})),
@@ -435,10 +439,12 @@ def test_other_endpoints_keep_their_error_format(http):
     assert response.status_code == 415 and "detail" in response.json()
 
 
-def test_full_queue_is_503_with_retry_after(model_dir):
-    with serving(model_dir, queue_limit=1) as url:
-        header = face_header(2, 2 * 2304)
-        with httpx.Client(base_url=f"http://{url}") as http:
-            response = raw_infer(http, MODEL, header, bytes(2 * 2304))
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
-    assert "queued" in response.json()["error"]
+def test_a_full_queue_is_503_with_retry_after_and_more_faces_than_it_holds_413(model_dir, monkeypatch):
+    with make_client(model_dir, queue_limit=1) as http:
+        response = raw_infer(http, MODEL, face_header(2, 2 * 2304), bytes(2 * 2304))
+        assert response.status_code == 413 and "the inference queue holds" in response.json()["error"]
+        with monkeypatch.context() as patch:  # as if another request's face were waiting
+            patch.setattr(http.app.state.plane.batcher, "_queued_images", 1)
+            response = raw_infer(http, MODEL, face_header(1, 2304), bytes(2304))
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "queued" in response.json()["error"]

@@ -302,6 +302,11 @@ def test_limits(model_dir, two_faces_clip):
                                                    saliency="gradcam").text.splitlines()]
         assert [line["event"] for line in lines] == ["video", "frame", "frame", "error"], lines[-1]
         assert "more than the budget of 4" in lines[-1]["detail"]
+        # a method that the declared span cannot afford even at one face per frame is refused before any frame
+        for answer in ("json", "ndjson"):
+            response = post(client, two_faces_clip, format=answer, fps=2, end=1.2, saliency="smoothgrad")
+            assert response.status_code == 422, response.text[:300]
+            assert "3 frames sampled" in response.json()["detail"] and "lower `fps`" in response.json()["detail"]
         plane = client.app.state.plane
         assert plane.decode_slots._value == plane.settings.max_decodes_in_flight and not plane.videos.tickets
 

@@ -14,9 +14,9 @@ from schemas.api import (
     LayersResponse,
     SaliencyResponse,
 )
-from service.dataplane import SaliencyQuery
+from service.dataplane import SaliencyQuery, Uploaded
 from service.deps import Plane, ServedModel, UploadReader, get_settings
-from service.drawing import grid, grid_size, heatmap, overlay, png_bytes
+from service.drawing import grid, grid_size, heatmap, overlay, overlay_layout, png_bytes
 from service.parameters import check_layer, parse_filters
 from service.photos import Photo
 from service.routers.predict import ERRORS, IMAGES_BODY, face_fields
@@ -54,9 +54,12 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
     their measured faithfulness."""
     side = model.explainer.model.image_size
 
-    def fits_the_picture(faces: int) -> None:  # refuse an oversized picture before any work
+    def fits_the_picture(uploaded: Uploaded) -> None:  # refuse an oversized picture before any work
+        faces = len(uploaded.crops)
         if format == "png" and faces:
             grid_size(faces, (side, side), faces, scale, settings.max_png_pixels)
+        if format == "overlay":
+            overlay_layout(uploaded.photos, settings.max_png_pixels)
 
     def draw(explained) -> tuple[bytes, dict]:  # within the request's explanation slot
         labels = [model.classes[p] for p in explained.probabilities.argmax(1)]
@@ -64,7 +67,7 @@ async def saliency(request: Request, read: UploadReader, plane: Plane, model: Se
                              settings.max_png_pixels)
 
     result = await plane.saliency(read, SaliencyQuery(method, target, layer), "/saliency", request,
-                                  keep_upright=True, check_faces=fits_the_picture,
+                                  keep_upright=True, check_uploaded=fits_the_picture,
                                   render=draw if format != "json" else None)
     classes, maps, targets = model.classes, result.maps, result.targets
     predicted = result.probabilities.argmax(1).tolist()

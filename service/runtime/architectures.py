@@ -69,6 +69,27 @@ def conv_layers(model: FerNet) -> dict[str, nn.Conv2d]:
     return {name: module for name, module in model.net.named_modules() if isinstance(module, nn.Conv2d)}
 
 
+def spatial_layers(model: FerNet) -> list[str]:
+    """The modules whose output is a map (N x C x H x W), in the order they first run: the layers Grad-CAM can
+    weigh (the classifier head's outputs are vectors). A small input leaves the deepest maps one pixel."""
+    names: list[str] = []
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in names:
+                names.append(name)
+        return hook
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in model.net.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model.logits(torch.zeros(1, 1, model.image_size, model.image_size, device=model.mean.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return names
+
+
 def architecture_table(model: FerNet, input_size: int = 48) -> list[dict]:
     """Every leaf layer with its type, parameter count and output shape (batch of 1), in execution order."""
     rows: list[dict] = []

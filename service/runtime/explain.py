@@ -25,7 +25,7 @@ from captum.attr import (
 )
 from torch import nn
 
-from service.runtime.architectures import GRADCAM_LAYERS, FerNet, conv_layers
+from service.runtime.architectures import GRADCAM_LAYERS, FerNet, conv_layers, spatial_layers
 
 
 class Cancelled(RuntimeError):
@@ -161,6 +161,7 @@ class Explainer:
         self.model = model
         self.device = device
         self.layers = conv_layers(model)
+        self.spatial_layers = spatial_layers(model)
         self.default_layer = GRADCAM_LAYERS.get(architecture, next(reversed(self.layers)))
         self._cancel = threading.local()
         model.net.register_forward_pre_hook(self._check_cancelled)
