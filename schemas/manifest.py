@@ -49,8 +49,8 @@ def check_range(low_high: tuple[float, float]) -> tuple[float, float]:
 class TrainingConfig(BaseModel):
     """What a training run computes (every `train` option, in the order the parser and the card list them) and,
     after them, what it recorded of where it ran. Options added after the first runs (schedule, warmup_epochs,
-    aug_*, erasing, consistency, reframe_*, input_size, val_fraction) default to the values earlier runs used, so
-    older cards and checkpoints, which record every other option, read true."""
+    aug_*, erasing, consistency, reframe_*, teacher, distill*, input_size, val_fraction) default to the values
+    earlier runs used, so older cards and checkpoints, which record every other option, read true."""
 
     data: str = option("synthetic", "synthetic[:N], an image-folder root, fer2013.csv or a label,feature CSV")
     architecture: str = option("resnet18", "network, by its name in the architecture registry")
@@ -81,6 +81,13 @@ class TrainingConfig(BaseModel):
         "--consistency's re-framed box size against the crop (> 1: a larger box, a smaller face)"))
     reframe_shift: float = option(0.06, "--consistency's largest shift, as a share of the side", ge=0)
     reframe_rotation: float = option(8.0, "--consistency's largest turn, in degrees", ge=0)
+    teacher: str = option("none", (
+        "shipped FER weights NAME.safetensors whose softened predictions on each augmented batch the network also "
+        "learns (knowledge distillation, Hinton et al. 2015; a teacher of the same architecture makes a "
+        "born-again network, Furlanello et al. 2018); none = off. Costs one more forward pass per face"))
+    distill: float = option(0.5, "--teacher: weight of the distillation loss; the cross-entropy has the rest",
+                            gt=0, le=1)
+    distill_temperature: float = option(2.0, "--teacher: temperature that softens both predictions", gt=0)
     ema_decay: float = option(0.998, "per-step decay of the weight EMA that is evaluated and exported; 0 = off",
                               ge=0, lt=1)
     precision: Literal["auto", "fp32", "bf16"] = option("auto", (
@@ -99,6 +106,7 @@ class TrainingConfig(BaseModel):
     channels_last: bool = False
     machine: str = Field("", description="Where it was trained: processor, cores, accelerator.")
     parent: "ParentWeights | None" = Field(None, description="The shipped weights this run was fine-tuned from.")
+    teacher_weights: "ParentWeights | None" = Field(None, description="The shipped weights `teacher` named.")
     averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
         "Checkpoints of this run whose weights make the exported ones, averaged uniformly where there are several "
         "(`export --checkpoint A --checkpoint B`) and mixed with the parent's by `parent_weight`; empty: one "
@@ -109,12 +117,27 @@ class TrainingConfig(BaseModel):
 
     _ranges = field_validator("aug_scale", "reframe_scale")(check_range)
 
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_is_shipped_weights(cls, teacher: str) -> str:
+        if teacher != "none" and not teacher.endswith(".safetensors"):
+            raise ValueError("shipped FER weights NAME.safetensors (beside their NAME.card.json), or none")
+        return teacher
+
     @model_validator(mode="after")
     def _warm_up_within_the_schedule(self) -> "TrainingConfig":
         if self.warmup_epochs and self.schedule != "cosine":
             raise ValueError("--warmup-epochs applies to --schedule cosine (one-cycle warms up for 15 % of the steps)")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"--warmup-epochs {self.warmup_epochs:g} is not shorter than --epochs {self.epochs}")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_with_a_teacher(self) -> "TrainingConfig":
+        defaults = type(self).model_fields
+        changed = [name for name in ("distill", "distill_temperature") if getattr(self, name) != defaults[name].default]
+        if self.teacher == "none" and changed:
+            raise ValueError(f"--{changed[0].replace('_', '-')} applies to a --teacher (none given)")
         return self
 
 
@@ -128,8 +151,8 @@ class AveragedCheckpoint(BaseModel):
 
 
 class ParentWeights(BaseModel):
-    """Shipped weights a run started from, as their card described them when the run began (so that the lineage
-    survives the file being replaced in place)."""
+    """Shipped weights a run started from or learnt from (its teacher), as their card described them when the run
+    began (so that the lineage survives the file being replaced in place)."""
 
     file: str
     sha256: str
@@ -140,7 +163,7 @@ class ParentWeights(BaseModel):
     tta: TtaMode | None = None
 
 
-TrainingConfig.model_rebuild()  # its `parent` and `averaged` refer to classes defined after it
+TrainingConfig.model_rebuild()  # its `parent`, `teacher_weights` and `averaged` refer to classes defined after it
 
 
 class ClassMetrics(BaseModel):

@@ -33,7 +33,6 @@ from service.parameters import (
     InvalidParameter,
     check_saliency_cost,
     check_saliency_layer,
-    check_video_saliency_cost,
     checked_filter_request,
     parse_target,
 )
@@ -446,10 +445,14 @@ class DataPlane:
             filename, file = await source()
             reader = await run_in_threadpool(VideoReader, file, filename, query, self.video_limits())
             info = reader.info
+            # A span the budget cannot afford at one face per sampled frame is refused before any frame is analysed,
+            # not after minutes of them: stricter for a video with faceless frames, but early and certain.
             if saliency is not None and reader.declared_frames is not None:
                 try:
-                    check_video_saliency_cost(model, saliency.method, reader.declared_frames,
-                                              self.settings.max_explanation_passes)
+                    check_saliency_cost(model, saliency.method, reader.declared_frames,
+                                        self.settings.max_explanation_passes,
+                                        counted=f"the {reader.declared_frames} frames sampled from this video (one "
+                                        "face in each)", advice=VIDEO_SALIENCY_ADVICE)
                 except InvalidParameter:
                     await run_in_threadpool(reader.close)
                     raise
@@ -476,7 +479,7 @@ class DataPlane:
                     if saliency is not None and len(photo.crops):
                         explained += len(photo.crops)
                         check_saliency_cost(model, saliency.method, explained, self.settings.max_explanation_passes,
-                                            VIDEO_SALIENCY_ADVICE)
+                                            advice=VIDEO_SALIENCY_ADVICE)
                         maps, _, _ = await self.explanations.run(
                             ticket, connection, model.saliency, photo.crops, saliency.method,
                             torch.from_numpy(probabilities.argmax(1)), saliency.layer)

@@ -56,10 +56,11 @@ BOX_COLOUR = (0, 255, 128)
 OVERLAY_GAP = 4  # pixels between photos
 
 
-def overlay_layout(photos, max_pixels: int, gap: int = OVERLAY_GAP) -> list[tuple[int, int]]:
-    """The size (width, height) each photo is drawn at in an overlay: side by side at a common height, as large as
-    the largest photo's own size allows within `max_pixels`. ImageError (422) when even a row one pixel high is
-    over it (photos of extreme shape), so that a request can be refused before any work."""
+def overlay_layout(photos, max_pixels: int, gap: int = OVERLAY_GAP) -> tuple[list[tuple[int, int]], int]:
+    """The size (width, height) each photo is drawn at in an overlay, side by side at a common height, as large as
+    the largest photo's own size allows within `max_pixels`; and the row's width, gaps included. ImageError (422)
+    when even a row one pixel high is over it (photos of extreme shape), so that a request can be refused before
+    any work."""
     def natural(photo) -> float:
         """Scale of the photo drawn on its own: its size, no larger than its decoded pixels hold (a face crop
         taken whole is decoded at the model's input size), and at least MIN_SIDE on the longer side."""
@@ -87,7 +88,7 @@ def overlay_layout(photos, max_pixels: int, gap: int = OVERLAY_GAP) -> list[tupl
         raise ImageError(f"the overlay would be {width}x{height} pixels, more than the limit of {max_pixels}: the "
                          "photos are too wide for their height to be drawn side by side; send fewer photos or ask "
                          "for format=png or json", status=422)
-    return sizes
+    return sizes, width
 
 
 def overlay(photos, maps_and_labels: list[list[tuple[np.ndarray, str]]], max_pixels: int,
@@ -96,8 +97,8 @@ def overlay(photos, maps_and_labels: list[list[tuple[np.ndarray, str]]], max_pix
     each photo lies in the picture: its left edge and its scale (picture pixels per photo pixel: a box (x, y, w, h)
     of photo i is drawn at (left_i + x * scale_i, y * scale_i)). Every photo is drawn once, straight at its final
     size."""
-    sizes = overlay_layout(photos, max_pixels, gap)
-    row = np.full((sizes[0][1], sum(w for w, _ in sizes) + gap * (len(photos) - 1), 3), 255, dtype=np.uint8)
+    sizes, width = overlay_layout(photos, max_pixels, gap)
+    row = np.full((sizes[0][1], width, 3), 255, dtype=np.uint8)
     lefts, left = [], 0
     for photo, faces, size in zip(photos, maps_and_labels, sizes):
         row[:, left:left + size[0]] = annotate(photo, faces, size)

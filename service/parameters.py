@@ -40,26 +40,17 @@ def parse_target(target: str | int | None, classes: list[str]) -> int | None:
                            f"name ({', '.join(classes)}) or an index 0-{len(classes) - 1}")
 
 
-def check_saliency_cost(model: FerModel, method: str, faces: int, budget: int,
-                        advice: str = "send fewer images or use a cheaper method") -> None:
+def check_saliency_cost(model: FerModel, method: str, faces: int, budget: int, *,
+                        counted: str | None = None, advice: str = "send fewer images or use a cheaper method") -> None:
+    """Refuses an explanation of `faces` faces (`counted` says what they are, "N faces" by default) whose forward
+    passes would exceed the per-request budget, naming the cost and what to change (`advice`)."""
     cost = METHODS[method].forward_passes(faces, model.explainer.model.image_size)
     if cost > budget:
-        raise InvalidParameter(f"{method} on {faces} faces costs {cost} forward passes, more than the budget of "
-                               f"{budget} per request: {advice}")
+        raise InvalidParameter(f"{method} on {counted or f'{faces} faces'} costs {cost} forward passes, more than the "
+                               f"budget of {budget} per request: {advice}")
 
 
 VIDEO_SALIENCY_ADVICE = "lower `fps`, send a shorter span (`start`, `end`) or use a cheaper method"
-
-
-def check_video_saliency_cost(model: FerModel, method: str, frames: int, budget: int) -> None:
-    """A video whose declared span would exceed the budget with one face per sampled frame is refused before any
-    frame is analysed, not after minutes of them (stricter than the budget for a video with frames without faces:
-    an early, certain answer is worth more than a late, likely refusal)."""
-    cost = METHODS[method].forward_passes(frames, model.explainer.model.image_size)
-    if cost > budget:
-        raise InvalidParameter(f"{method} on the {frames} frames sampled from this video would cost {cost} forward "
-                               f"passes with one face in each, more than the budget of {budget} per request: "
-                               f"{VIDEO_SALIENCY_ADVICE}")
 
 
 def check_layer(model: FerModel, layer: str) -> None:

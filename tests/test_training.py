@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -472,6 +473,63 @@ def test_consistency_training_records_its_weight_and_reframing_and_resumes_only_
     assert TrainingConfig(**older).reframe_scale == (0.85, 1.18)
     assert "--consistency 12.0 --ema-decay" in training_command(older)
     assert "--reframe" not in training_command({**training.model_dump(), "consistency": 0.0})
+
+
+def test_distillation_loss_is_zero_only_where_the_student_agrees_with_its_teacher():
+    from training.train import distillation
+
+    logits = torch.randn(16, 7)
+    assert distillation(logits, logits, 2.0).abs() < 1e-6
+    assert distillation(logits, logits + 5.0, 2.0).abs() < 1e-6  # a softmax does not see a shift
+    assert distillation(logits, torch.randn(16, 7), 2.0) > 0.01
+    # by hand, two classes: the teacher says 3:1 (1.73:1 softened by 2), the student 1:1; T² x KL(teacher || student)
+    for temperature in (1.0, 2.0):
+        odds = 3 ** (1 / temperature)
+        teacher = [odds / (odds + 1), 1 / (odds + 1)]
+        expected = temperature ** 2 * sum(p * math.log(p / 0.5) for p in teacher)
+        loss = distillation(torch.zeros(1, 2), torch.tensor([[math.log(3), 0.0]]), temperature)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_training_distils_a_teacher_records_it_and_resumes_only_with_it(shipped, tmp_path, capsys):
+    short = ["--data", "synthetic:700", "--epochs", "1", "--image-size", "40", "--batch-size", "64", "--ema-decay", "0"]
+    taught = ["train", "--out", str(tmp_path / "taught"), "--teacher", str(shipped), "--distill", "1", *short]
+    assert training_main(taught) == 0
+    assert training_main(["train", "--out", str(tmp_path / "alone"), *short]) == 0
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    training = load_manifest(tmp_path / "taught").training
+    assert (training.teacher, training.distill, training.distill_temperature) == (str(shipped), 1.0, 2.0)
+    assert training.teacher_weights.sha256 == card["sha256"] and training.teacher_weights.training.image_size == 32
+    assert training.parent is None  # the teacher is not the starting point: the student starts from scratch
+    # with --distill 1 the labels do not count: the same seed and data learn other weights than without a teacher
+    taught_weights, alone_weights = (load_file(tmp_path / run / "weights.safetensors") for run in ("taught", "alone"))
+    assert not torch.equal(taught_weights["net.fc.1.weight"], alone_weights["net.fc.1.weight"])
+    assert f"--teacher {shipped} --distill 1.0 --distill-temperature 2.0 --ema-decay" in training_command(
+        training.model_dump())
+    assert "--distill" not in training_command(load_manifest(tmp_path / "alone").training.model_dump())
+    again = tmp_path / "shipped" / "taught.safetensors"
+    assert training_main(["export", "--checkpoint", str(tmp_path / "taught" / "best.pt"), "--out",
+                          str(tmp_path / "exported"), "--save-weights", str(again)]) == 0
+    model_card = again.with_name("taught.md").read_text()
+    assert f"softened predictions of `fer.safetensors` (sha256 `{card['sha256'][:16]}" in model_card
+    assert "knowledge distillation, weight 1, temperature 2" in model_card
+    with pytest.raises(SystemExit, match="--distill 1.0 in the checkpoint, 0.5 now"):
+        training_main(taught[:5] + short + ["--resume"])
+    with pytest.raises(SystemExit, match="--teacher .*fer.safetensors' in the checkpoint, 'none' now"):
+        training_main(["train", "--out", str(tmp_path / "taught"), *short, "--resume"])
+    # distillation's settings without a teacher, a teacher that is not shipped weights or not over these classes:
+    # refused by name before any work
+    with pytest.raises(SystemExit):
+        training_main(["train", "--out", str(tmp_path / "bad"), "--distill", "0.7", *short])
+    assert "--distill applies to a --teacher (none given)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training_main(["train", "--out", str(tmp_path / "bad"), "--teacher", "model.pt", *short])
+    assert "--teacher model.pt: shipped FER weights NAME.safetensors" in capsys.readouterr().err
+    shutil.copy(shipped, tmp_path / "fer.safetensors")
+    (tmp_path / "fer.card.json").write_text(json.dumps({**card, "classes": list(reversed(card["classes"]))}))
+    assert training_main(["train", "--out", str(tmp_path / "other"), "--teacher", str(tmp_path / "fer.safetensors"),
+                          *short]) == 2
+    assert "cannot teach a run over" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 def test_weight_ema_warms_up_so_short_runs_are_not_averaged_with_their_initial_weights():

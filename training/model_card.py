@@ -115,28 +115,47 @@ def export_command(training: dict) -> str:
             "--save-weights NAME.safetensors")
 
 
+def provenance_notes(weights: dict, card: dict) -> tuple[str, str]:
+    """Of earlier shipped weights (a parent or a teacher): where they are now, if this file replaced them, and
+    what their card measured."""
+    replaced = ", in this repository's history before it was replaced in place" if weights["file"] == card["file"] \
+        else ""
+    accuracy = (f", {weights['accuracy'] * 100:.2f} % on `{weights['split']}` (TTA `{weights['tta']}`)"
+                if weights.get("accuracy") is not None else "")
+    return replaced, accuracy
+
+
+def taught(card: dict) -> str:
+    """The sentence naming the weights whose predictions this run distilled, where it had a teacher."""
+    teacher, training = card["training"].get("teacher_weights"), card["training"]
+    if not teacher:
+        return ""
+    replaced, accuracy = provenance_notes(teacher, card)
+    return (f" The run that made it learnt from the labels and from the softened predictions of `{teacher['file']}` "
+            f"(sha256 `{teacher['sha256'][:16]}…`{replaced}{accuracy}) on the same augmented faces: knowledge "
+            f"distillation, weight {training['distill']:g}, temperature {training['distill_temperature']:g}.")
+
+
 def lineage(card: dict) -> str:
     """How the weights came to be: from scratch, from a backbone, or fine-tuned from earlier shipped weights
-    (recorded in the training config when each run began; each step's command, oldest first)."""
+    (recorded in the training config when each run began; each step's command, oldest first), and the teacher
+    the last step distilled, if any."""
     steps, training = [], card["training"]
     while training.get("parent"):
         steps.append(training["parent"])
         training = training["parent"]["training"]
     start = "trained from scratch" if training["weights"] == "none" else f"trained from `{training['weights']}`"
     if not steps:
-        return f"{start} on FER2013."
+        return f"{start} on FER2013.{taught(card)}"
     text = f"{start} on FER2013, then fine-tuned; each step, oldest first:\n"
     for step in reversed(steps):
-        replaced = ", in this repository's history before it was replaced in place" if step["file"] == card["file"] \
-            else ""
-        accuracy = (f", {step['accuracy'] * 100:.2f} % on `{step['split']}` (TTA `{step['tta']}`)"
-                    if step.get("accuracy") is not None else "")
+        replaced, accuracy = provenance_notes(step, card)
         size = step["training"]["image_size"]
         text += (f"\n1. `{step['file']}` (sha256 `{step['sha256'][:16]}…`{replaced}): {step['training']['epochs']} "
                  f"epochs at {size}x{size}, {step['training_seconds'] / 60:.0f} min{accuracy}\n\n"
                  f"   ```bash\n   {training_command(step['training'])}"
                  f"{export_command(step['training']).replace(chr(10), chr(10) + '   ')}\n   ```\n")
-    return text + "\n1. this file, fine-tuned from the last of them with the command below.\n"
+    return text + f"\n1. this file, fine-tuned from the last of them with the command below.{taught(card)}\n"
 
 
 def render(card: dict) -> str:

@@ -65,8 +65,11 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
 
 def command(training: dict, config_class: type[BaseModel] = TrainingConfig) -> str:
     """The `train` command that a recorded config came from: every option it recorded, in declaration order
-    (the re-framing ranges only where --consistency used them)."""
+    (the re-framing ranges only where --consistency used them, the distillation's options only where it had a
+    teacher)."""
     skipped = {"reframe_scale", "reframe_shift", "reframe_rotation"} if not training.get("consistency") else set()
+    if training.get("teacher", "none") == "none":
+        skipped |= {"teacher", "distill", "distill_temperature"}
     return "python -m training train --out RUN_DIR " + " ".join(
         f"{flag(name)} {shown(training[name])}" for name in option_names(config_class)
         if name in training and name not in skipped)

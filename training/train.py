@@ -76,23 +76,42 @@ class _Logits(nn.Module):
         return self.model.logits(pixels)
 
 
+def shipped_record(card: dict) -> ParentWeights:
+    """What a run records of shipped weights it starts or learns from: their card's file, hash, training and score."""
+    evaluation = card.get("evaluation") or {}
+    return ParentWeights(file=card["file"], sha256=card["sha256"], training=TrainingConfig(**card["training"]),
+                         training_seconds=sum(row.get("seconds", 0) for row in card.get("history", [])),
+                         split=evaluation.get("split"), accuracy=evaluation.get("accuracy"), tta=evaluation.get("tta"))
+
+
+def load_fer_weights(weights: str, role: str) -> tuple[FerNet, ParentWeights]:
+    """Shipped FER weights, verified against their card, that initialise (--weights) or teach (--teacher) a run."""
+    model, card = load_shipped_weights(Path(weights))
+    if card["classes"] != list(CLASSES):
+        raise WeightsError(f"{weights}: a model over {card['classes']}, cannot {role} a run over {list(CLASSES)}")
+    return model, shipped_record(card)
+
+
 def initial_model(config: TrainingConfig) -> tuple[FerNet, ParentWeights | None]:
-    """A new network, or one fine-tuned from shipped FER weights (verified against their card), with what their
-    card says of them. The network's weights do not depend on the side it sees, so a model trained at 48 can be
-    fine-tuned at a larger side."""
+    """A new network, or one fine-tuned from shipped FER weights, with what their card says of them. The network's
+    weights do not depend on the side it sees, so a model trained at 48 can be fine-tuned at a larger side."""
     model = build_model(config.architecture, config.image_size, len(CLASSES), resolve_weights(config.weights))
     if not is_shipped_weights(config.weights):
         return model, None
-    shipped, card = load_shipped_weights(Path(config.weights))
-    if card["architecture"] != config.architecture or card["classes"] != list(CLASSES):
-        raise WeightsError(f"{config.weights}: a {card['architecture']} over {card['classes']}, cannot initialise a "
-                           f"{config.architecture} over {list(CLASSES)} (see --architecture)")
+    shipped, parent = load_fer_weights(config.weights, "initialise")
+    if parent.training.architecture != config.architecture:
+        raise WeightsError(f"{config.weights}: a {parent.training.architecture}, cannot initialise a "
+                           f"{config.architecture} (see --architecture)")
     model.net.load_state_dict(shipped.net.state_dict())
-    evaluation = card.get("evaluation") or {}
-    return model, ParentWeights(file=card["file"], sha256=card["sha256"], training=TrainingConfig(**card["training"]),
-                                training_seconds=sum(row.get("seconds", 0) for row in card.get("history", [])),
-                                split=evaluation.get("split"), accuracy=evaluation.get("accuracy"),
-                                tta=evaluation.get("tta"))
+    return model, parent
+
+
+def teacher_model(config: TrainingConfig) -> tuple[FerNet | None, ParentWeights | None]:
+    """The frozen network whose predictions the run distils (any architecture; it sees faces at its own side)."""
+    if config.teacher == "none":
+        return None, None
+    teacher, teacher_record = load_fer_weights(config.teacher, "teach")
+    return teacher.eval().requires_grad_(False), teacher_record  # eval: its BatchNorm statistics stay its own
 
 
 def setup_device(choice: str) -> tuple[torch.device, int, int]:
@@ -155,6 +174,14 @@ def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
     return sum(F.kl_div(mixture, view, reduction="batchmean") for view in probabilities) / len(probabilities)
 
 
+def distillation(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation loss: the KL divergence of the student's softened prediction from the
+    teacher's, in fp32, times the temperature squared so that its gradients keep their size as it changes."""
+    teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
+    student = F.log_softmax(logits.float() / temperature, dim=1)
+    return F.kl_div(student, teacher, reduction="batchmean") * temperature ** 2
+
+
 def ema_average(decay: float):
     """The EMA update with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that a short run is
     not averaged mostly with its random initial weights (as TensorFlow's ExponentialMovingAverage does)."""
@@ -167,7 +194,7 @@ def ema_average(decay: float):
 
 def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel | None, images: torch.Tensor,
                     labels: torch.Tensor, config: TrainingConfig, epoch: int, rank: int,
-                    world_size: int) -> tuple[float, float]:
+                    world_size: int, teacher: FerNet | None = None) -> tuple[float, float]:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(labels), generator=generator)
@@ -184,6 +211,9 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
         pixels = augment(images[index].unsqueeze(1).float(), device_generator, config.aug_rotation, config.aug_shift,
                          config.aug_scale, config.erasing)
         pixels, partner_labels, lam = mix_batch(pixels, labels[index], config, mix_generator)
+        if teacher is not None:  # on the faces as the student sees them, mixed ones included
+            with torch.no_grad(), autocast(images.device, config.precision):
+                teacher_logits = teacher.logits(pixels.contiguous(memory_format=memory_format))
         if config.consistency > 0:  # the same faces re-framed, in the same batch
             pixels = torch.cat([pixels, reframe(pixels, device_generator, config.reframe_scale,
                                                 config.reframe_shift, config.reframe_rotation)])
@@ -194,6 +224,9 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
             loss = lam * F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
             if lam < 1:
                 loss = loss + (1 - lam) * F.cross_entropy(logits, partner_labels, label_smoothing=config.label_smoothing)
+            if teacher is not None:
+                loss = (1 - config.distill) * loss + config.distill * distillation(
+                    logits, teacher_logits, config.distill_temperature)
             if config.consistency > 0:
                 loss = loss + config.consistency * jensen_shannon(logits, reframed_logits)
         optimizer.zero_grad(set_to_none=True)
@@ -279,10 +312,12 @@ def check_resume(state: dict, config: TrainingConfig, path: Path) -> None:
     saved = TrainingConfig(**{"input_size": state["input_size"], **state["config"]}).model_dump()
     differences = [f"--{name.replace('_', '-')} {saved.get(name)!r} in the checkpoint, {value!r} now"
                    for name, value in config.model_dump().items()
-                   if name not in RESUMABLE_CHANGES | {"parent"} and saved.get(name) != value]
-    then, now = (saved["parent"] or {}).get("sha256"), config.parent.sha256 if config.parent else None
-    if then != now:
-        differences.append(f"--weights {config.weights}: sha256 {then} in the checkpoint, {now} now")
+                   if name not in RESUMABLE_CHANGES | {"parent", "teacher_weights"} and saved.get(name) != value]
+    for option, field in (("weights", "parent"), ("teacher", "teacher_weights")):
+        recorded = getattr(config, field)
+        then, now = (saved[field] or {}).get("sha256"), recorded.sha256 if recorded else None
+        if then != now and saved[option] == getattr(config, option):  # the same name, other weights
+            differences.append(f"--{option} {getattr(config, option)}: sha256 {then} in the checkpoint, {now} now")
     if differences:
         raise SystemExit(f"--resume: {path} was trained with other settings: {'; '.join(differences)}. "
                          "Resume with the checkpoint's settings, or start a new run directory.")
@@ -322,13 +357,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def resolve_config(config: TrainingConfig, device: torch.device, world_size: int,
-                   parent: ParentWeights | None) -> TrainingConfig:
+def resolve_config(config: TrainingConfig, device: torch.device, world_size: int, parent: ParentWeights | None,
+                   teacher: ParentWeights | None = None) -> TrainingConfig:
     """The config as it runs here: `auto` choices resolved, and where it runs recorded."""
     precision = training_precision(config.precision, device)
     return config.model_copy(update={
         "device": device.type, "precision": precision, "channels_last": precision == "bf16" or device.type == "cuda",
-        "world_size": world_size, "machine": describe_machine(device), "parent": parent})
+        "world_size": world_size, "machine": describe_machine(device), "parent": parent,
+        "teacher_weights": teacher})
 
 
 def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
@@ -337,8 +373,9 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
     device, rank, world_size = setup_device(config.device)
     torch.manual_seed(config.seed)
     out = Path(out)
-    model, parent = initial_model(config)  # before the data: a wrong --weights stops at once
-    config = resolve_config(config, device, world_size, parent)
+    model, parent = initial_model(config)  # before the data: a wrong --weights or --teacher stops at once
+    teacher, teacher_record = teacher_model(config)
+    config = resolve_config(config, device, world_size, parent, teacher_record)
 
     train_data, val_data = load_data(config)
     check_data_size(train_data, val_data, config, world_size)
@@ -353,8 +390,11 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
     val_images, val_labels = val_data.images.to(device), val_data.labels.to(device)
 
     model = model.to(device)
+    if teacher is not None:
+        teacher = teacher.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
     # Weight EMA (BatchNorm statistics too), evaluated every epoch beside the raw weights.
     ema = (AveragedModel(model, avg_fn=ema_average(config.ema_decay), use_buffers=True)
            if config.ema_decay > 0 else None)
@@ -382,7 +422,7 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
         epoch_start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = train_one_epoch(trainer, optimizer, scheduler, ema, train_images,
-                                                     train_labels, config, epoch, rank, world_size)
+                                                     train_labels, config, epoch, rank, world_size, teacher)
         val_loss, val_confusion, _ = evaluate(model, val_images, val_labels)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
                "val_loss": round(val_loss, 5), "val_accuracy": round(accuracy(val_confusion), 5), "lr": lr}

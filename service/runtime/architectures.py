@@ -69,38 +69,18 @@ def conv_layers(model: FerNet) -> dict[str, nn.Conv2d]:
     return {name: module for name, module in model.net.named_modules() if isinstance(module, nn.Conv2d)}
 
 
-def spatial_layers(model: FerNet) -> list[str]:
-    """The modules whose output is a map (N x C x H x W), in the order they first run: the layers Grad-CAM can
-    weigh (the classifier head's outputs are vectors). A small input leaves the deepest maps one pixel."""
-    names: list[str] = []
+def module_outputs(model: FerNet, input_size: int) -> list[tuple[str, nn.Module, torch.Size]]:
+    """Each module of the network (containers too) with the shape of its output, as each call finishes, for one
+    blank face of `input_size` in eval mode: the forward pass that the layer tables below are read from."""
+    calls: list[tuple[str, nn.Module, torch.Size]] = []
 
     def record(name: str):
         def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in names:
-                names.append(name)
+            if isinstance(output, torch.Tensor):
+                calls.append((name, module, output.shape))
         return hook
 
     hooks = [module.register_forward_hook(record(name)) for name, module in model.net.named_modules() if name]
-    try:
-        with torch.no_grad():
-            model.logits(torch.zeros(1, 1, model.image_size, model.image_size, device=model.mean.device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return names
-
-
-def architecture_table(model: FerNet, input_size: int = 48) -> list[dict]:
-    """Every leaf layer with its type, parameter count and output shape (batch of 1), in execution order."""
-    rows: list[dict] = []
-    hooks = []
-    for name, module in model.net.named_modules():
-        if not list(module.children()):
-            def record(module, inputs, output, name=name):
-                rows.append({"name": name, "type": type(module).__name__,
-                             "parameters": sum(p.numel() for p in module.parameters()),
-                             "output_shape": list(output.shape[1:])})
-            hooks.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()
     try:
@@ -110,4 +90,18 @@ def architecture_table(model: FerNet, input_size: int = 48) -> list[dict]:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return rows
+    return calls
+
+
+def spatial_layers(model: FerNet) -> list[str]:
+    """The modules whose output is a map (N x C x H x W), in the order they first finish: the layers Grad-CAM can
+    weigh (the classifier head's outputs are vectors). A small input leaves the deepest maps one pixel."""
+    return list(dict.fromkeys(name for name, _, shape in module_outputs(model, model.image_size) if len(shape) == 4))
+
+
+def architecture_table(model: FerNet, input_size: int = 48) -> list[dict]:
+    """Every leaf layer with its type, parameter count and output shape (batch of 1), in execution order (a
+    layer called twice, as a block's ReLU, is listed at each call)."""
+    return [{"name": name, "type": type(module).__name__, "parameters": sum(p.numel() for p in module.parameters()),
+             "output_shape": list(shape[1:])}
+            for name, module, shape in module_outputs(model, input_size) if not list(module.children())]
