@@ -301,7 +301,7 @@ def test_limits(model_dir, two_faces_clip):
         lines = [json.loads(line) for line in post(client, two_faces_clip, format="ndjson", fps=2, end=1.2,
                                                    saliency="gradcam").text.splitlines()]
         assert [line["event"] for line in lines] == ["video", "frame", "frame", "error"], lines[-1]
-        assert "gradcam on 4 faces costs" in lines[-1]["detail"] and "more than the budget of 4" in lines[-1]["detail"]
+        assert "gradcam on 6 faces costs 6 forward passes, more than the budget of 4" in lines[-1]["detail"]
         assert lines[-1]["detail"].endswith(": lower `fps`, send a shorter span (`start`, `end`) or use a cheaper method")
         # a method that the declared span cannot afford even at one face per frame is refused before any frame
         for answer in ("json", "ndjson"):
