@@ -194,7 +194,7 @@ def ema_average(decay: float):
 
 def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel | None, images: torch.Tensor,
                     labels: torch.Tensor, config: TrainingConfig, epoch: int, rank: int,
-                    world_size: int, teacher: FerNet | None = None) -> tuple[float, float]:
+                    world_size: int, teacher: FerNet | None) -> tuple[float, float]:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(labels), generator=generator)
@@ -314,10 +314,10 @@ def check_resume(state: dict, config: TrainingConfig, path: Path) -> None:
                    for name, value in config.model_dump().items()
                    if name not in RESUMABLE_CHANGES | {"parent", "teacher_weights"} and saved.get(name) != value]
     for option, field in (("weights", "parent"), ("teacher", "teacher_weights")):
-        recorded = getattr(config, field)
+        name, recorded = getattr(config, option), getattr(config, field)
         then, now = (saved[field] or {}).get("sha256"), recorded.sha256 if recorded else None
-        if then != now and saved[option] == getattr(config, option):  # the same name, other weights
-            differences.append(f"--{option} {getattr(config, option)}: sha256 {then} in the checkpoint, {now} now")
+        if then != now and saved[option] == name:  # the same name, other weights
+            differences.append(f"--{option} {name}: sha256 {then} in the checkpoint, {now} now")
     if differences:
         raise SystemExit(f"--resume: {path} was trained with other settings: {'; '.join(differences)}. "
                          "Resume with the checkpoint's settings, or start a new run directory.")
@@ -358,7 +358,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, st
 
 
 def resolve_config(config: TrainingConfig, device: torch.device, world_size: int, parent: ParentWeights | None,
-                   teacher: ParentWeights | None = None) -> TrainingConfig:
+                   teacher: ParentWeights | None) -> TrainingConfig:
     """The config as it runs here: `auto` choices resolved, and where it runs recorded."""
     precision = training_precision(config.precision, device)
     return config.model_copy(update={
@@ -389,12 +389,10 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
     train_images, train_labels = train_data.images.to(device), train_data.labels.to(device)
     val_images, val_labels = val_data.images.to(device), val_data.labels.to(device)
 
-    model = model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+    model = model.to(device, memory_format=memory_format)
     if teacher is not None:
-        teacher = teacher.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+        teacher = teacher.to(device, memory_format=memory_format)
     # Weight EMA (BatchNorm statistics too), evaluated every epoch beside the raw weights.
     ema = (AveragedModel(model, avg_fn=ema_average(config.ema_decay), use_buffers=True)
            if config.ema_decay > 0 else None)
