@@ -2,8 +2,8 @@
 
 The model directory's backends (TorchScript fp32, ONNX Runtime fp32, ONNX Runtime int8 where the export made it),
 each timed through `predict_with_tta` as the service calls it: a batch of face crops in, probabilities
-out, calibrated as the service calibrates them (`Manifest.temperature`: the fitted temperature for the TTA it was
-fitted with, none for the others). The faces are FER2013-sized noise: the cost does not depend on the pixels.
+out, calibrated as the service calibrates them (`Manifest.temperature`: the temperature fitted for that TTA, none
+where none was). The faces are FER2013-sized noise: the cost does not depend on the pixels.
 Prints ms per face (median over the repeats, one warm-up call first).
 """
 
@@ -45,8 +45,8 @@ def main() -> None:
     runs = [("torchscript", "fp32"), ("onnx", "fp32")]
     if Artifact.ONNX_INT8 in manifest.artifacts:
         runs.append(("onnx", "int8"))
-    print(f"{args.model}: batch {args.batch}, {torch.get_num_threads()} threads, temperature {manifest.temperature(manifest.tta)} for "
-          f"{manifest.tta}; "
+    temperatures = ", ".join(f"{mode} {manifest.temperature(mode):.3f}" for mode in MODES)
+    print(f"{args.model}: batch {args.batch}, {torch.get_num_threads()} threads, temperatures {temperatures}; "
           f"ms per face (median of {args.repeat})")
     print("| backend | " + " | ".join(MODES) + " |")
     print("| --- |" + " ---: |" * len(MODES))

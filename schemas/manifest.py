@@ -109,11 +109,15 @@ class TrainingConfig(BaseModel):
     teacher_weights: "ParentWeights | None" = Field(None, description="The shipped weights `teacher` named.")
     averaged: list["AveragedCheckpoint"] = Field(default_factory=list, description=(
         "Checkpoints of this run whose weights make the exported ones, averaged uniformly where there are several "
-        "(`export --checkpoint A --checkpoint B`) and mixed with the parent's by `parent_weight`; empty: one "
-        "checkpoint's weights, as they are."))
+        "(`export --checkpoint A --checkpoint B`), mixed with the parent's by `parent_weight` and given new "
+        "batch-norm statistics by `batch_norm_faces`; empty: one checkpoint's weights, as they are."))
     parent_weight: float = Field(0.0, ge=0, le=1, description=(
         "Share of the parent's weights (`parent`) in the exported ones: (1 - w) x this run's + w x the parent's, "
         "weight by weight (WiSE-FT, `export --parent-weight w`); 0 = this run's alone."))
+    batch_norm_faces: int = Field(0, ge=0, description=(
+        "Clean training faces, seen through the manifest's TTA views, that the exported weights' batch-norm "
+        "statistics were recomputed on (`export --bn-faces N`); 0 = the run's own, which for EMA weights average "
+        "the augmented batches' statistics over the last steps."))
 
     _ranges = field_validator("aug_scale", "reframe_scale")(check_range)
 
@@ -270,12 +274,41 @@ class Manifest(BaseModel):
     weights_source: WeightsSource | None = None
     validation: EvaluationMetrics | None = None
     quantization: QuantizationInfo | None = None
-    calibration: Calibration | None = Field(None, description="None: the probabilities as the model gives them "
-                                                              "(directories exported before calibration).")
+    calibrations: list[Calibration] = Field(default_factory=list, description=(
+        "One temperature per TTA it was fitted with (export fits one for each TTA the service can be set to "
+        "serve); a TTA without one is served as the model gives it (as in directories exported before "
+        "calibration)."))
     artifacts: dict[str, ArtifactInfo] = Field(description="torchscript, onnx, and the report files, by role.")
     libraries: dict[str, str]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_calibration_read_as_a_list(cls, data: Any) -> Any:
+        """Manifests written before 2026-12-06 held one calibration, of their own TTA, as `calibration`."""
+        if isinstance(data, dict) and "calibration" in data:
+            data = dict(data)
+            one = data.pop("calibration")
+            data.setdefault("calibrations", [one] if one else [])
+        return data
+
+    @field_validator("calibrations")
+    @classmethod
+    def _one_temperature_per_tta(cls, calibrations: list[Calibration]) -> list[Calibration]:
+        ttas = [calibration.tta for calibration in calibrations]
+        if len(set(ttas)) != len(ttas):
+            raise ValueError(f"more than one calibration for one TTA: {ttas}")
+        return calibrations
+
+    def calibration_for(self, tta: str) -> Calibration | None:
+        return next((calibration for calibration in self.calibrations if calibration.tta == tta), None)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The calibration of the manifest's own TTA: of what evaluate and the service apply by default."""
+        return self.calibration_for(self.tta)
+
     def temperature(self, tta: str) -> float:
-        """What probabilities under `tta` are calibrated with: the fitted temperature for the TTA it was fitted
-        with, 1 (as the model gives them) for any other or where none was fitted."""
-        return self.calibration.temperature if self.calibration and self.calibration.tta == tta else 1.0
+        """What probabilities under `tta` are calibrated with: the temperature fitted with that TTA, 1 (as the model
+        gives them) where none was."""
+        calibration = self.calibration_for(tta)
+        return calibration.temperature if calibration else 1.0

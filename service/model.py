@@ -137,8 +137,8 @@ class FerModel:
                            settings.detect_max_pixels, min_score)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA and, for the
-        TTA it was fitted with, its calibration."""
+        """Probabilities N x classes for a uint8 batch (what the batcher calls), with the model's TTA and that TTA's
+        temperature."""
         return predict_with_tta(self.backend.predict, images, self.tta, self.manifest.temperature(self.tta))
 
     # --- explain -------------------------------------------------------------------------------------

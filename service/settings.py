@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torchscript", "onnx"] = Field(
         "auto", description="What serves /predict; auto measures each at start and keeps the fastest here.")
     tta: Literal["manifest", "none", "flip", "crops"] = Field(
-        "manifest", description="Test-time augmentation of /predict: the model directory's choice, or another.")
+        "manifest", description="Test-time augmentation of /predict: the model directory's choice, or another (each "
+                                "calibrated with its own temperature from the manifest).")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: int8 on the CPU where the export marked the quantized ONNX model servable (within "

@@ -15,10 +15,12 @@ from schemas.manifest import Manifest, TrainingConfig
 from service.runtime.architectures import build_model
 from service.runtime.backends import cpu_runs_int8_exactly
 from service.runtime.modeldir import file_sha256, load_manifest, write_manifest
+from service.runtime.tta import views
 from training.__main__ import main as training_main
 from training.data import load_split
 from training.export import ExportError, export_onnx, verify_parity
 from training.model_card import training_command
+from training.soup import recompute_batch_norm
 
 from .conftest import ROOT, make_client
 
@@ -113,6 +115,46 @@ def test_export_averages_checkpoints_of_one_run_and_measures_the_average(model_d
                           "--out", str(tmp_path / "refused")]) == 2
     error = capsys.readouterr().err
     assert "other.pt: not a checkpoint of the same run" in error and "config differs: lr" in error
+
+
+def test_batch_norm_statistics_are_recomputed_on_the_faces_through_the_served_views(model_dir):
+    state = torch.load(model_dir / "best.pt", weights_only=True)
+    model = build_model("resnet18", TrainingConfig(**state["config"]).image_size, len(CLASSES))
+    model.load_state_dict(state["model"])
+    faces = load_split("synthetic:700", "train", state["input_size"]).images[:64]
+    recompute_batch_norm(model, faces, "flip", batch_size=32)
+    assert not model.training
+    inputs = []  # what the first batch norm sees of the faces and their mirrors, in eval mode
+    hook = model.net.bn1.register_forward_hook(lambda module, given, output: inputs.append(given[0]))
+    with torch.no_grad():
+        for view in views(faces.unsqueeze(1).numpy(), "flip"):
+            model(torch.from_numpy(view.copy()))
+    hook.remove()
+    seen = torch.cat(inputs)
+    assert torch.allclose(model.net.bn1.running_mean, seen.mean((0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(model.net.bn1.running_mean, state["model"]["net.bn1.running_mean"], atol=1e-3)
+
+
+def test_export_gives_a_checkpoint_batch_norm_statistics_of_clean_training_faces(model_dir, tmp_path, capsys):
+    best = model_dir / "best.pt"
+    state = torch.load(best, weights_only=True)
+    out, shipped = tmp_path / "bn", tmp_path / "shipped" / "bn.safetensors"
+    assert training_main(["export", "--checkpoint", str(best), "--bn-faces", "500", "--out", str(out),
+                          "--save-weights", str(shipped)]) == 0
+    manifest, exported = load_manifest(out), load_file(out / "weights.safetensors")
+    assert manifest.training.batch_norm_faces == 500
+    assert [(c.file, c.epoch) for c in manifest.training.averaged] == [(str(best), state["epoch"] + 1)]
+    assert torch.equal(exported["net.conv1.weight"], state["model"]["net.conv1.weight"])  # only the statistics
+    assert not torch.allclose(exported["net.bn1.running_var"], state["model"]["net.bn1.running_var"], rtol=1e-3)
+    assert manifest.validation.accuracy == json.loads(_evaluate(out))["accuracy"]  # of these weights, measured anew
+    assert f"--checkpoint {best} --bn-faces 500 --out" in shipped.with_name("bn.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # shipped weights carry the statistics they were measured with
+        training_main(["export", "--weights", str(shipped), "--bn-faces", "500", "--out", str(tmp_path / "no")])
+    assert "use it with --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training_main(["export", "--checkpoint", str(best), "--bn-faces", "-1", "--out", str(tmp_path / "no")])
+    assert "--bn-faces -1: a number of training faces" in capsys.readouterr().err
 
 
 def test_corrupt_artifact_is_detected(model_dir, tmp_path):
@@ -240,6 +282,34 @@ def test_export_from_shipped_weights_builds_a_verified_directory(shipped, model_
     fp32 = json.loads(_evaluate(model_dir))
     fp16 = json.loads(_evaluate(out))
     assert abs(fp32["accuracy"] - fp16["accuracy"]) <= 0.01
+
+
+def test_shipped_weights_carry_a_temperature_per_tta_and_an_older_card_gets_the_missing_ones_fitted(shipped,
+                                                                                                     tmp_path, capsys):
+    card = json.loads(shipped.with_name("fer.card.json").read_text())
+    shipped_temperatures = {c["tta"]: c["temperature"] for c in card["calibrations"]}
+    assert sorted(shipped_temperatures) == ["crops", "flip", "none"]
+    assert "| `flip` (served) |" in shipped.with_name("fer.md").read_text()
+    out = tmp_path / "as-shipped"
+    assert training_main(["export", "--weights", str(shipped), "--out", str(out)]) == 0  # no data: the card's own
+    assert {c.tta: c.temperature for c in load_manifest(out).calibrations} == shipped_temperatures
+    # A card written before 2026-12-06 holds one calibration, of its TTA: the others are fitted where data is given.
+    older = tmp_path / "older"
+    older.mkdir()
+    for path in shipped.parent.iterdir():
+        shutil.copy(path, older / path.name)
+    card["calibration"] = next(c for c in card.pop("calibrations") if c["tta"] == card["tta"])
+    (older / "fer.card.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    assert training_main(["export", "--weights", str(older / shipped.name), "--out", str(tmp_path / "bare")]) == 0
+    assert "not calibrated for none, crops TTA" in capsys.readouterr().out
+    assert [c.tta for c in load_manifest(tmp_path / "bare").calibrations] == ["flip"]
+    assert training_main(["export", "--weights", str(older / shipped.name), "--out", str(tmp_path / "fitted"),
+                          "--data", "synthetic:350"]) == 0
+    fitted = load_manifest(tmp_path / "fitted")
+    assert fitted.temperature("flip") == shipped_temperatures["flip"]  # the card's, not fitted again
+    assert sorted(c.tta for c in fitted.calibrations) == ["crops", "flip", "none"]
+    assert {c.split for c in fitted.calibrations} == {"val"}
 
 
 def _evaluate(model_dir):

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--parent-weight", type=float, default=0.0, metavar="W",
                         help="interpolate the checkpoints' weights with the shipped weights their run was fine-tuned "
                              "from: (1 - W) x the run's + W x the parent's (WiSE-FT, e.g. 0.5; --checkpoint only)")
+    export.add_argument("--bn-faces", type=int, default=0, metavar="N",
+                        help="recompute the batch-norm statistics on N clean training faces of --data seen through "
+                             "the TTA's views, instead of the run's averages over augmented batches (e.g. 4096; "
+                             "--checkpoint only)")
     export.add_argument("--explanations", type=int, metavar="N", default=0,
                         help="measure every saliency method's faithfulness on N validation faces (--data)")
     export.add_argument("--int8", action="store_true",
@@ -71,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--parent-weight {args.parent_weight}: a share of the parent's weights, in (0, 1]")
         if args.weights:
             parser.error("--parent-weight interpolates a run's checkpoints with their parent: use it with --checkpoint")
+    if args.command == "export" and args.bn_faces:
+        if args.bn_faces < 0:
+            parser.error(f"--bn-faces {args.bn_faces}: a number of training faces, 0 or more")
+        if args.weights:
+            parser.error("--bn-faces recomputes a run's checkpoint's statistics: use it with --checkpoint")
     try:
         if args.command == "train":
             from training.train import train
@@ -83,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.weights:
                 manifest = export_weights(args.weights, args.out, args.data)
             else:
-                manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta, args.parent_weight)
+                manifest = export_checkpoint(args.checkpoint, args.out, args.data, args.tta, args.parent_weight,
+                                             args.bn_faces)
             print(f"exported model {manifest.version} to {args.out}")
             if args.int8:
                 from training.quantize import quantize_model_dir

@@ -1,14 +1,15 @@
-"""Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one temperature T fitted on
-held-out faces so that the served probabilities, softmax(log(p) / T) of what the model and its TTA give, are
-right as often as they say. It changes no label (the map keeps each row's order) and is applied after TTA by
+"""Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"): a temperature T per TTA,
+fitted on held-out faces so that the served probabilities, softmax(log(p) / T) of what the model and that TTA
+give, are right as often as they say. It changes no label (the map keeps each row's order) and is applied after TTA by
 every backend (service/runtime/tta.py), so TorchScript, ONNX and int8 answer alike."""
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
-from schemas.manifest import Calibration
+from schemas.manifest import Calibration, TtaMode
 from service.runtime.backends import load_backend
 from service.runtime.modeldir import (
     Artifact,
@@ -22,6 +23,7 @@ from training.metrics import expected_calibration_error, reliability
 from training.plots import plot_reliability
 
 BINS = 15
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 TEMPERATURES = (0.05, 20.0)  # the search range
 
 
@@ -63,22 +65,28 @@ def fit_calibration(probabilities: np.ndarray, labels: np.ndarray, split: str, t
                        reliability_after=reliability(calibrated, labels, BINS))
 
 
-def calibrate_model_dir(model_dir: Path, images: np.ndarray, labels: np.ndarray, split: str) -> Calibration:
-    """Fit the directory's temperature on held-out faces (uint8 N x H x W) through its TorchScript model with its
-    TTA, record it in the manifest and draw the reliability diagram beside it."""
+def calibrate_model_dir(model_dir: Path, images: np.ndarray, labels: np.ndarray, split: str,
+                        ttas: tuple[str, ...] = TTA_MODES) -> list[Calibration]:
+    """Fit the directory's temperature for each of `ttas` (default: every TTA the service can be set to serve) on
+    held-out faces (uint8 N x H x W) through its TorchScript model, record them in the manifest and draw the
+    reliability diagram of its own TTA beside it."""
     import torch
 
     manifest = load_manifest(model_dir)
     backend, _ = load_backend(model_dir, manifest, "torchscript", torch.device("cpu"))
-    probabilities = predict_batched(backend.predict, np.ascontiguousarray(images[:, None]), manifest.tta)
-    return record_calibration(model_dir, fit_calibration(probabilities, np.asarray(labels), split, manifest.tta))
+    faces = np.ascontiguousarray(images[:, None])
+    return record_calibration(model_dir, [
+        fit_calibration(predict_batched(backend.predict, faces, tta), np.asarray(labels), split, tta) for tta in ttas])
 
 
-def record_calibration(model_dir: Path, calibration: Calibration) -> Calibration:
-    """The temperature into the manifest (which every backend's predictions then apply), with its diagram."""
+def record_calibration(model_dir: Path, calibrations: list[Calibration]) -> list[Calibration]:
+    """The temperatures into the manifest (which every backend's predictions then apply, each with its TTA),
+    replacing those of the same TTAs, with the diagram of the manifest's own TTA."""
     manifest = load_manifest(model_dir)
-    manifest.calibration = calibration
+    fitted = {calibration.tta for calibration in calibrations}
+    manifest.calibrations = [kept for kept in manifest.calibrations if kept.tta not in fitted] + calibrations
     write_manifest(model_dir, manifest)
-    plot_reliability(calibration, Path(model_dir) / Artifact.RELIABILITY_PLOT.file)
-    add_artifact(model_dir, manifest, Artifact.RELIABILITY_PLOT)
-    return calibration
+    if manifest.calibration:
+        plot_reliability(manifest.calibration, Path(model_dir) / Artifact.RELIABILITY_PLOT.file)
+        add_artifact(model_dir, manifest, Artifact.RELIABILITY_PLOT)
+    return calibrations

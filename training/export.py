@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from schemas.labels import CLASSES
 from schemas.manifest import (
     AveragedCheckpoint,
-    Calibration,
     EvaluationMetrics,
     InputSpec,
     Manifest,
@@ -27,11 +26,11 @@ from schemas.manifest import (
 from service.runtime.architectures import MEAN, STD, FerNet, architecture_table, build_model
 from service.runtime.backends import load_torchscript
 from service.runtime.modeldir import RUN_FILES, Artifact, add_artifact, artifact_info, load_manifest, write_manifest
-from training.calibration import calibrate_model_dir, record_calibration
+from training.calibration import TTA_MODES, calibrate_model_dir, record_calibration
 from training.data import has_split, load_split
 from training.errors import TrainingError
-from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_path, load_shipped_weights
-from training.soup import average_weights, interpolate_with_parent
+from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_calibrations, card_path, load_shipped_weights
+from training.soup import average_weights, interpolate_with_parent, recompute_batch_norm
 
 ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
@@ -132,19 +131,25 @@ def _sample_images(source: str, input_size: int) -> torch.Tensor:
 
 
 def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = None, tta: str | None = None,
-                      parent_weight: float = 0.0) -> Manifest:
+                      parent_weight: float = 0.0, bn_faces: int = 0) -> Manifest:
     """The `export` command: a checkpoint of `train` to verified artifacts in `out`. Several checkpoints of one run
     (e.g. its best.pt and the last epoch's checkpoint.pt) are averaged weight by weight, a uniform "model soup"
     (Wortsman et al. 2022). With `parent_weight` w > 0 the result is interpolated with the shipped weights the run
     was fine-tuned from, (1 - w) x the run's + w x the parent's (WiSE-FT, Wortsman et al. 2022: it keeps what the
-    fine-tuning gained and much of what it lost). Mixed weights are evaluated anew on the data's validation split."""
+    fine-tuning gained and much of what it lost). With `bn_faces` N > 0 its batch-norm statistics are recomputed on
+    N training faces through the TTA's views. Mixed weights are evaluated anew on the data's validation split."""
     states = [torch.load(path, map_location="cpu", weights_only=True) for path in checkpoints]
     state = states[0]
     config = TrainingConfig(**state["config"])
     # Checkpoints from before the architecture registry hold the report's ResNet18 over FER2013's classes.
     architecture, classes = state.get("architecture", "resnet18"), state.get("classes", list(CLASSES))
     model = build_model(architecture, config.image_size, len(classes))
-    mixed = len(states) > 1 or parent_weight > 0
+    run_dir = checkpoints[0].parent
+    metrics_file = run_dir / Artifact.METRICS.file
+    run_metrics = EvaluationMetrics.model_validate_json(metrics_file.read_text()) if metrics_file.is_file() else None
+    mixed = len(states) > 1 or parent_weight > 0 or bn_faces > 0
+    tta = tta or (run_metrics.tta if run_metrics and not mixed else config.tta)
+    source = data or config.data
     weights = state["model"] if len(states) == 1 else average_weights(checkpoints, states)
     if mixed:  # which checkpoints went in
         config = config.model_copy(update={"averaged": [
@@ -154,11 +159,15 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
         weights = interpolate_with_parent(weights, config, parent_weight, checkpoints[0])
         config = config.model_copy(update={"parent_weight": parent_weight})
     model.load_state_dict(weights)
-    run_dir = checkpoints[0].parent
-    metrics_file = run_dir / Artifact.METRICS.file
+    if bn_faces > 0:
+        if not has_split(source, "train"):
+            raise TrainingError(f"--bn-faces: {source} has no training split to recompute batch-norm statistics on")
+        train_faces = load_split(source, "train", state["input_size"]).images
+        picked = torch.randperm(len(train_faces), generator=torch.Generator().manual_seed(config.seed))[:bn_faces]
+        recompute_batch_norm(model, train_faces[picked], tta)
+        config = config.model_copy(update={"batch_norm_faces": len(picked)})
     # The run's own figures are of its best.pt; mixed weights' are measured below.
-    validation = EvaluationMetrics.model_validate_json(metrics_file.read_text()) \
-        if metrics_file.is_file() and not mixed else None
+    validation = None if mixed else run_metrics
     measured_here = MEASURED if mixed else ()
     for artifact in measured_here:  # an earlier export's figures in `out` are not the mixed weights'
         (out / artifact.file).unlink(missing_ok=True)
@@ -167,13 +176,11 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
             if (run_dir / artifact.file).is_file() and artifact not in measured_here:
                 out.mkdir(parents=True, exist_ok=True)
                 (out / artifact.file).write_bytes((run_dir / artifact.file).read_bytes())
-    sample = _sample_images(data or config.data, state["input_size"])
-    manifest = export_model(model, out, config, state["input_size"], sample, validation, classes,
-                            tta or (validation.tta if validation else config.tta))
+    sample = _sample_images(source, state["input_size"])
+    manifest = export_model(model, out, config, state["input_size"], sample, validation, classes, tta)
     if mixed:
-        _evaluate_mixed(out, manifest, data or config.data)
-    source = data or config.data
-    if has_split(source, "val"):  # the temperature of these weights with this TTA
+        _evaluate_mixed(out, manifest, source)
+    if has_split(source, "val"):  # these weights' temperature for each TTA the service can serve
         faces = load_split(source, "val", state["input_size"])
         calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
     else:
@@ -182,8 +189,8 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
 
 
 def _evaluate_mixed(out: Path, manifest: Manifest, data: str) -> Manifest:
-    """Averaged or interpolated weights' validation metrics and confusion matrix, with the recorded TTA, into the
-    directory."""
+    """Mixed weights' (averaged, interpolated or given new batch-norm statistics) validation metrics and confusion
+    matrix, with the recorded TTA, into the directory."""
     from training.evaluate import evaluate_model_dir
     from training.plots import plot_confusion
 
@@ -221,14 +228,15 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     source = WeightsSource(file=str(weights), sha256=card["sha256"], model_card=str(card_path(weights)))
     export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation, card["classes"],
                  card["tta"], source)
-    if card.get("calibration"):  # fitted on these weights when they were shipped
-        record_calibration(out, Calibration(**card["calibration"]))
-    elif data and has_split(data, "val"):  # weights shipped before calibration: fitted here
+    shipped = card_calibrations(card)  # fitted on these weights when they were shipped
+    record_calibration(out, shipped)
+    missing = tuple(tta for tta in TTA_MODES if tta not in {calibration.tta for calibration in shipped})
+    if missing and data and has_split(data, "val"):  # TTAs the card has no temperature for: fitted here
         faces = load_split(data, "val", input_size)
-        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
-    else:
-        print(f"not calibrated: {weights.name}'s card has no temperature and no --data with a validation split "
-              "was given to fit one")
+        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val", missing)
+    elif missing:
+        print(f"not calibrated for {', '.join(missing)} TTA: {weights.name}'s card has no temperature for it and no "
+              "--data with a validation split was given to fit one")
     cache = beside(weights, INT8_CALIBRATION_SUFFIX)
     if card.get("quantization") and not cache.is_file():
         print(f"no int8 model: {weights.name}'s card measured one, but {cache.name} is not beside the weights")

@@ -6,10 +6,12 @@ import tempfile
 from pathlib import Path
 
 from service.runtime.modeldir import Artifact, load_manifest
+from training.calibration import TTA_MODES, calibrate_model_dir
+from training.data import has_split, load_split
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
 from training.quantize import MAX_SERVABLE_GAP, QuantizationRefused, quantize_model_dir
-from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_path, save_shipped_weights
+from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_calibrations, card_path, save_shipped_weights
 from training.options import command as training_command
 
 RELIABILITY_SUFFIX = ".reliability.png"  # the calibration's diagram beside the weights
@@ -25,6 +27,10 @@ LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from 
 def ship(model_dir: Path, weights: Path, data: str) -> dict:
     """Write fp16 weights and their card, with accuracy measured on `data`'s validation split: the directory
     (fp32) with its TTA and without, and the fp16 weights exported back into a directory."""
+    missing = tuple(tta for tta in TTA_MODES if load_manifest(model_dir).calibration_for(tta) is None)
+    if missing and has_split(data, "val"):  # a directory exported before each TTA had its temperature
+        faces = load_split(data, "val", load_manifest(model_dir).input.height)
+        calibrate_model_dir(model_dir, faces.images.numpy(), faces.labels.numpy(), "val", missing)
     card = save_shipped_weights(model_dir, weights)
     fp32 = evaluate_model_dir(model_dir, data)
     plain = evaluate_model_dir(model_dir, data, tta="none")
@@ -54,20 +60,23 @@ def ship(model_dir: Path, weights: Path, data: str) -> dict:
 
 
 def calibration_section(card: dict) -> str:
-    calibration = card.get("calibration")
-    if not calibration:
+    calibrations = card_calibrations(card)
+    if not calibrations:
         return "Not calibrated: the probabilities are as the network gives them."
-    return (f"""The probabilities are temperature-scaled (Guo et al. 2017): softmax(log(p) / T) of the network's (with
-its `{calibration['tta']}` TTA), T = {calibration['temperature']:.3f}, fitted by least negative log-likelihood on
-{calibration['split']} ({calibration['samples']} faces; FER2013 has no other held-out faces here). No label
-changes.
+    served = [calibration for calibration in calibrations if calibration.tta == card["tta"]]
+    rows = "\n".join(
+        f"| `{each.tta}`{' (served)' if each in served else ''} | {each.temperature:.3f} | {each.samples} "
+        f"{each.split} | {each.ece_before:.4f} | **{each.ece_after:.4f}** | {each.nll_before:.4f} | "
+        f"{each.nll_after:.4f} |" for each in served + [other for other in calibrations if other not in served])
+    diagram = (f"\n\n![reliability diagram of the served TTA]({beside(Path(card['file']), RELIABILITY_SUFFIX).name})"
+               if served else f"\n\nIts own `{card['tta']}` TTA is not calibrated: served as the network gives it.")
+    return f"""The probabilities are temperature-scaled (Guo et al. 2017): softmax(log(p) / T) of the network's with the
+TTA served, T fitted for each TTA the service can be set to (`FER_TTA`) by least negative log-likelihood on held-out
+faces (FER2013 has no others here than PublicTest). No label changes.
 
-| | expected calibration error ({calibration['bins']} bins) | negative log-likelihood |
-| --- | --- | --- |
-| as the network gives them | {calibration['ece_before']:.4f} | {calibration['nll_before']:.4f} |
-| calibrated (served) | **{calibration['ece_after']:.4f}** | {calibration['nll_after']:.4f} |
-
-![reliability diagram]({beside(Path(card['file']), RELIABILITY_SUFFIX).name})""")
+| TTA | T | fitted on | ECE as given ({calibrations[0].bins} bins) | ECE calibrated | NLL as given | NLL calibrated |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}{diagram}"""
 
 
 def quantization_section(card: dict) -> str:
@@ -97,8 +106,9 @@ The int8 model is {verdict}."""
 
 def export_command(training: dict) -> str:
     """The export that mixed the run's weights, where it did: its checkpoints averaged (with what each scored
-    alone), interpolated with its parent's weights, or both."""
+    alone), interpolated with its parent's weights, given batch-norm statistics of clean faces, or several."""
     averaged, share = training.get("averaged") or [], training.get("parent_weight") or 0
+    bn_faces = training.get("batch_norm_faces") or 0
     if not averaged and not share:
         return ""
     steps = []
@@ -109,8 +119,10 @@ def export_command(training: dict) -> str:
             for c in averaged) + " averaged")
     if share:
         steps.append(f"{share:g} of the parent's weights mixed in (WiSE-FT)")
+    if bn_faces:
+        steps.append(f"batch-norm statistics recomputed on {bn_faces} clean training faces through the TTA's views")
     checkpoints = " ".join(f"--checkpoint {c['file']}" for c in averaged)
-    option = f" --parent-weight {share:g}" if share else ""
+    option = (f" --parent-weight {share:g}" if share else "") + (f" --bn-faces {bn_faces}" if bn_faces else "")
     return (f"\n# then {'; then '.join(steps)}\npython -m training export {checkpoints}{option} --out MODEL_DIR "
             "--save-weights NAME.safetensors")
 

@@ -194,10 +194,16 @@ def model_card(manifest: Manifest, faithfulness: list[dict]) -> str:
         content += (f"<p>Probabilities calibrated by temperature scaling (T = {calibration.temperature:.3f}, fitted on "
                     f"{calibration.samples:,} {html.escape(calibration.split)} faces with {calibration.tta} TTA): "
                     f"expected calibration error {calibration.ece_before:.4f} before, <b>{calibration.ece_after:.4f}"
-                    f"</b> served ({calibration.bins} bins); no label changes.</p>"
+                    f"</b> calibrated ({calibration.bins} bins); no label changes.</p>"
                     f'<img alt="reliability diagram" src="{_figure(reliability_figure(calibration))}">')
     else:
-        content += "<p>The probabilities are not calibrated (this directory records no temperature).</p>"
+        content += f"<p>The probabilities of its {manifest.tta} TTA are not calibrated (no temperature recorded).</p>"
+    others = [other for other in manifest.calibrations if other is not calibration]
+    if others:
+        content += "<p>Temperatures of the other TTAs the service can be set to serve (<code>FER_TTA</code>):</p>" + \
+            _table(["TTA", "T", "ECE as given", "ECE calibrated"],
+                   [(other.tta, f"{other.temperature:.3f}", f"{other.ece_before:.4f}", f"{other.ece_after:.4f}")
+                    for other in others])
     validation = manifest.validation
     if validation:
         content += (f"<p>Accuracy {validation.accuracy:.2%} on {validation.samples:,} {html.escape(validation.split)} images "

@@ -1,6 +1,6 @@
 """Shipped weights and their card: `NAME.safetensors` (fp16) beside `NAME.card.json`, which holds the
-architecture, classes, input size, training config, validation metrics, history, confusion matrix, TTA and the
-sha256 of the weights file it vouches for."""
+architecture, classes, input size, training config, validation metrics, history, confusion matrix, TTA,
+temperatures and the sha256 of the weights file it vouches for."""
 
 import json
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from schemas.manifest import Calibration
 from service.runtime.architectures import FerNet, build_model
 from service.runtime.modeldir import (
     Artifact,
@@ -49,9 +50,15 @@ def save_shipped_weights(model_dir: Path, weights: Path) -> dict:
             "validation": manifest.validation.model_dump() if manifest.validation else None,
             "history": read(Artifact.HISTORY, []), "confusion_matrix": read(Artifact.CONFUSION_MATRIX, None),
             "faithfulness": read(Artifact.FAITHFULNESS, None),
-            "calibration": manifest.calibration.model_dump() if manifest.calibration else None}
+            "calibrations": [calibration.model_dump() for calibration in manifest.calibrations]}
     card_path(weights).write_text(json.dumps(card, indent=1))
     return card
+
+
+def card_calibrations(card: dict) -> list[Calibration]:
+    """The temperatures a card ships, one per TTA (cards written before 2026-12-06: one, as `calibration`)."""
+    recorded = card.get("calibrations", [card["calibration"]] if card.get("calibration") else [])
+    return [Calibration(**calibration) for calibration in recorded]
 
 
 def load_shipped_weights(weights: Path) -> tuple[FerNet, dict]:

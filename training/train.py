@@ -25,10 +25,10 @@ from schemas.labels import CLASSES
 from schemas.manifest import ParentWeights, TrainingConfig
 from service.runtime.backends import cpu_has_fast_bf16
 from service.runtime.architectures import FerNet, build_model
-from service.runtime.modeldir import Artifact
+from service.runtime.modeldir import Artifact, load_manifest
 from training import data as data_module
 from training.augment import augment, reframe
-from training.calibration import fit_calibration, record_calibration
+from training.calibration import calibrate_model_dir
 from training.evaluate import predict_batched
 from training.export import export_model
 from training.shipped import WeightsError, load_shipped_weights
@@ -249,8 +249,8 @@ def train_one_epoch(model: nn.Module, optimizer, scheduler, ema: AveragedModel |
 
 @torch.no_grad()
 def evaluate(model: FerNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-             tta: str = "none") -> tuple[float, torch.Tensor, torch.Tensor]:
-    """(mean loss, confusion matrix, probabilities) in fp32, with the service's test-time augmentation."""
+             tta: str = "none") -> tuple[float, torch.Tensor]:
+    """(mean loss, confusion matrix) in fp32, with the service's test-time augmentation."""
     model.eval()
 
     def predict(batch):
@@ -259,7 +259,7 @@ def evaluate(model: FerNet, images: torch.Tensor, labels: torch.Tensor, batch_si
     probs = torch.from_numpy(predict_batched(predict, images.unsqueeze(1).cpu().numpy(), tta, batch_size))
     probs = probs.to(labels.device)
     loss = F.nll_loss(probs.clamp(min=1e-12).log(), labels).item()
-    return loss, confusion_matrix(labels, probs.argmax(1)), probs
+    return loss, confusion_matrix(labels, probs.argmax(1))
 
 
 def holdout_split(train: data_module.FaceData, fraction: float, seed: int):
@@ -421,13 +421,13 @@ def train(config: TrainingConfig, out: Path, resume: bool = False) -> None:
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = train_one_epoch(trainer, optimizer, scheduler, ema, train_images,
                                                      train_labels, config, epoch, rank, world_size, teacher)
-        val_loss, val_confusion, _ = evaluate(model, val_images, val_labels)
+        val_loss, val_confusion = evaluate(model, val_images, val_labels)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "train_accuracy": round(train_accuracy, 5),
                "val_loss": round(val_loss, 5), "val_accuracy": round(accuracy(val_confusion), 5), "lr": lr}
         # Of the raw and the averaged weights, the epoch's candidate is the one that does better on validation.
         candidate, candidate_accuracy, weights = model, row["val_accuracy"], "raw"
         if ema is not None:
-            ema_loss, ema_confusion, _ = evaluate(ema.module, val_images, val_labels)
+            ema_loss, ema_confusion = evaluate(ema.module, val_images, val_labels)
             row |= {"ema_val_loss": round(ema_loss, 5), "ema_val_accuracy": round(accuracy(ema_confusion), 5)}
             if row["ema_val_accuracy"] > candidate_accuracy:
                 candidate, candidate_accuracy, weights = ema.module, row["ema_val_accuracy"], "ema"
@@ -469,16 +469,15 @@ def finish(out: Path, val_data: data_module.FaceData, device: torch.device, tta:
     config = TrainingConfig(**best["config"])
     model = build_model(best["architecture"], config.image_size, len(best["classes"])).to(device)
     model.load_state_dict(best["model"])
-    loss, confusion, probabilities = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
+    loss, confusion = evaluate(model, val_data.images.to(device), val_data.labels.to(device), tta=tta)
     metrics = summarize(confusion, split=val_data.split, loss=loss, tta=tta)
     (out / Artifact.METRICS.file).write_text(metrics.model_dump_json(indent=2))
     confusion_data = confusion_json(confusion)
     (out / Artifact.CONFUSION_MATRIX.file).write_text(json.dumps(confusion_data, indent=2))
     plot_confusion(confusion_data, out / Artifact.CONFUSION_PLOT.file, title=f"{val_data.split} ({len(val_data)} images)")
     export_model(model, out, config, best["input_size"], val_data.images[:64], metrics, best["classes"], tta)
-    # the temperature of the probabilities just measured (the exported models give them within the parity check)
-    calibration = record_calibration(out, fit_calibration(probabilities.cpu().numpy(), val_data.labels.numpy(),
-                                                          val_data.split, tta))
+    calibrate_model_dir(out, val_data.images.numpy(), val_data.labels.numpy(), val_data.split)
+    calibration = load_manifest(out).calibration
     print(f"validation accuracy {metrics.accuracy:.4f} (macro F1 {metrics.macro_f1:.4f}, tta={tta}); calibrated "
           f"with temperature {calibration.temperature:.3f}: ECE {calibration.ece_before:.4f} -> "
           f"{calibration.ece_after:.4f}; exported to {out}")
