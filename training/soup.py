@@ -63,8 +63,8 @@ def recompute_batch_norm(model: FerNet, faces: torch.Tensor, tta: str, batch_siz
     """Batch-norm running statistics measured anew on clean faces (uint8 N x H x W) seen through the served TTA's
     views, as a cumulative average over batches (torch.optim.swa_utils.update_bn), each batch holding every view of
     its faces so that the spread between views is in the variance. The run's statistics are the EMA of augmented
-    batches' (erased, zoomed, turned faces), not of the faces it is served: on FER2013 PublicTest this gained the
-    campaign's models about a point with flip, and nothing with ten-crop, whose zoomed views are closer to the
+    batches' (erased, zoomed, turned faces), not of the faces it is served: on FER2013 PublicTest this gained L6
+    (the shipped model) a point with flip, and nothing with ten-crop, whose zoomed views are closer to the
     augmentation (docs/benchmarks.md)."""
     images = faces.unsqueeze(1).numpy()
     per_batch = max(1, batch_size // len(views(images[:1], tta)))
