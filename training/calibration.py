@@ -18,6 +18,7 @@ from service.runtime.modeldir import (
     write_manifest,
 )
 from service.runtime.tta import calibrate
+from training.data import has_split, load_split
 from training.evaluate import predict_batched
 from training.metrics import expected_calibration_error, reliability
 from training.plots import plot_reliability
@@ -79,6 +80,18 @@ def calibrate_model_dir(model_dir: Path, images: np.ndarray, labels: np.ndarray,
         fit_calibration(predict_batched(backend.predict, faces, tta), np.asarray(labels), split, tta) for tta in ttas])
 
 
+def calibrate_missing(model_dir: Path, data: str | None) -> tuple[str, ...]:
+    """Fit the temperatures of the TTAs the directory has none for on `data`'s validation split, where it has one;
+    the TTAs left without a temperature."""
+    manifest = load_manifest(model_dir)
+    missing = tuple(tta for tta in TTA_MODES if manifest.calibration_for(tta) is None)
+    if not missing or not data or not has_split(data, "val"):
+        return missing
+    faces = load_split(data, "val", manifest.input.height)
+    calibrate_model_dir(model_dir, faces.images.numpy(), faces.labels.numpy(), "val", missing)
+    return ()
+
+
 def record_calibration(model_dir: Path, calibrations: list[Calibration]) -> list[Calibration]:
     """The temperatures into the manifest (which every backend's predictions then apply, each with its TTA),
     replacing those of the same TTAs, with the diagram of the manifest's own TTA."""
@@ -86,7 +99,7 @@ def record_calibration(model_dir: Path, calibrations: list[Calibration]) -> list
     fitted = {calibration.tta for calibration in calibrations}
     manifest.calibrations = [kept for kept in manifest.calibrations if kept.tta not in fitted] + calibrations
     write_manifest(model_dir, manifest)
-    if manifest.calibration:
+    if manifest.calibration and manifest.tta in fitted:  # the diagram of the TTA served by default, when it changed
         plot_reliability(manifest.calibration, Path(model_dir) / Artifact.RELIABILITY_PLOT.file)
         add_artifact(model_dir, manifest, Artifact.RELIABILITY_PLOT)
     return calibrations

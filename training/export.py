@@ -26,7 +26,7 @@ from schemas.manifest import (
 from service.runtime.architectures import MEAN, STD, FerNet, architecture_table, build_model
 from service.runtime.backends import load_torchscript
 from service.runtime.modeldir import RUN_FILES, Artifact, add_artifact, artifact_info, load_manifest, write_manifest
-from training.calibration import TTA_MODES, calibrate_model_dir, record_calibration
+from training.calibration import calibrate_missing, record_calibration
 from training.data import has_split, load_split
 from training.errors import TrainingError
 from training.shipped import INT8_CALIBRATION_SUFFIX, beside, card_calibrations, card_path, load_shipped_weights
@@ -180,10 +180,7 @@ def export_checkpoint(checkpoints: list[Path], out: Path, data: str | None = Non
     manifest = export_model(model, out, config, state["input_size"], sample, validation, classes, tta)
     if mixed:
         _evaluate_mixed(out, manifest, source)
-    if has_split(source, "val"):  # these weights' temperature for each TTA the service can serve
-        faces = load_split(source, "val", state["input_size"])
-        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val")
-    else:
+    if calibrate_missing(out, source):  # these weights' temperature for each TTA the service can serve
         print(f"not calibrated: {source} has no validation split to fit a temperature on (pass --data)")
     return load_manifest(out)
 
@@ -228,13 +225,9 @@ def export_weights(weights: Path, out: Path, data: str | None = None) -> Manifes
     source = WeightsSource(file=str(weights), sha256=card["sha256"], model_card=str(card_path(weights)))
     export_model(model, out, TrainingConfig(**card["training"]), input_size, sample, validation, card["classes"],
                  card["tta"], source)
-    shipped = card_calibrations(card)  # fitted on these weights when they were shipped
-    record_calibration(out, shipped)
-    missing = tuple(tta for tta in TTA_MODES if tta not in {calibration.tta for calibration in shipped})
-    if missing and data and has_split(data, "val"):  # TTAs the card has no temperature for: fitted here
-        faces = load_split(data, "val", input_size)
-        calibrate_model_dir(out, faces.images.numpy(), faces.labels.numpy(), "val", missing)
-    elif missing:
+    record_calibration(out, card_calibrations(card))  # fitted on these weights when they were shipped
+    missing = calibrate_missing(out, data)  # TTAs the card has no temperature for: fitted here where data is given
+    if missing:
         print(f"not calibrated for {', '.join(missing)} TTA: {weights.name}'s card has no temperature for it and no "
               "--data with a validation split was given to fit one")
     cache = beside(weights, INT8_CALIBRATION_SUFFIX)

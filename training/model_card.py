@@ -6,8 +6,7 @@ import tempfile
 from pathlib import Path
 
 from service.runtime.modeldir import Artifact, load_manifest
-from training.calibration import TTA_MODES, calibrate_model_dir
-from training.data import has_split, load_split
+from training.calibration import calibrate_missing
 from training.evaluate import evaluate_model_dir
 from training.export import export_weights
 from training.quantize import MAX_SERVABLE_GAP, QuantizationRefused, quantize_model_dir
@@ -27,10 +26,7 @@ LIMITS = """- Trained on FER2013: 48x48 grey crops of mostly frontal faces from 
 def ship(model_dir: Path, weights: Path, data: str) -> dict:
     """Write fp16 weights and their card, with accuracy measured on `data`'s validation split: the directory
     (fp32) with its TTA and without, and the fp16 weights exported back into a directory."""
-    missing = tuple(tta for tta in TTA_MODES if load_manifest(model_dir).calibration_for(tta) is None)
-    if missing and has_split(data, "val"):  # a directory exported before each TTA had its temperature
-        faces = load_split(data, "val", load_manifest(model_dir).input.height)
-        calibrate_model_dir(model_dir, faces.images.numpy(), faces.labels.numpy(), "val", missing)
+    calibrate_missing(model_dir, data)  # a directory exported before each TTA had its temperature
     card = save_shipped_weights(model_dir, weights)
     fp32 = evaluate_model_dir(model_dir, data)
     plain = evaluate_model_dir(model_dir, data, tta="none")

@@ -25,7 +25,7 @@ from schemas.labels import CLASSES
 from schemas.manifest import ParentWeights, TrainingConfig
 from service.runtime.backends import cpu_has_fast_bf16
 from service.runtime.architectures import FerNet, build_model
-from service.runtime.modeldir import Artifact, load_manifest
+from service.runtime.modeldir import Artifact
 from training import data as data_module
 from training.augment import augment, reframe
 from training.calibration import calibrate_model_dir
@@ -476,8 +476,8 @@ def finish(out: Path, val_data: data_module.FaceData, device: torch.device, tta:
     (out / Artifact.CONFUSION_MATRIX.file).write_text(json.dumps(confusion_data, indent=2))
     plot_confusion(confusion_data, out / Artifact.CONFUSION_PLOT.file, title=f"{val_data.split} ({len(val_data)} images)")
     export_model(model, out, config, best["input_size"], val_data.images[:64], metrics, best["classes"], tta)
-    calibrate_model_dir(out, val_data.images.numpy(), val_data.labels.numpy(), val_data.split)
-    calibration = load_manifest(out).calibration
+    calibration = next(fitted for fitted in calibrate_model_dir(out, val_data.images.numpy(), val_data.labels.numpy(),
+                                                                val_data.split) if fitted.tta == tta)
     print(f"validation accuracy {metrics.accuracy:.4f} (macro F1 {metrics.macro_f1:.4f}, tta={tta}); calibrated "
           f"with temperature {calibration.temperature:.3f}: ECE {calibration.ece_before:.4f} -> "
           f"{calibration.ece_after:.4f}; exported to {out}")
